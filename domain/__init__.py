@@ -1,0 +1,20 @@
+"""The pure model of an RFC 3903 Event State Compositor: no I/O, no clock, no threads."""
+
+from .errors import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
+                     InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
+                     UnsupportedMediaType)
+from .etags import compose_etag, publication_id_of
+from .packages import (BUILT_IN, DEFAULT_PACKAGES, EventPackage, EventPackages,
+                       custom_package)
+from .publication import EVENT_TYPES, Audit, Publication, body_hash
+from .requests import Classified, ExpiryPolicy, Operation, PublishRequest, classify
+from .resource import InvalidResource, address_of_record
+
+__all__ = [
+    "Audit", "BUILT_IN", "BadEvent", "Classified", "CompositorError",
+    "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
+    "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InvalidBody", "InvalidResource",
+    "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",
+    "TooManyPublications", "UnsupportedMediaType", "address_of_record", "body_hash",
+    "classify", "compose_etag", "custom_package", "publication_id_of",
+]

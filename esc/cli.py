@@ -1,0 +1,246 @@
+"""`esc`: the command line. Every command takes --store URL and, where it prints data,
+--json. Bad input or an unreachable store gives one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, NoReturn, Sequence
+
+from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
+
+from .bootstrap import open_compositor
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+EXIT_DIFFERENT = 4
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message; operators asked for one clear line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=os.environ.get("ESC_STORE", DEFAULT_STORE_URL),
+                        help="store URL (default: $ESC_STORE or %(default)s)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="esc", description="SIP Event State Compositor (RFC 3903)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = commands.add_parser("find", help="show the live publication an entity-tag names")
+    p.add_argument("aor"), p.add_argument("etag"), p.add_argument("--event")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("list", help="list live publications")
+    p.add_argument("aor", nargs="?"), p.add_argument("--event")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("history", help="the audit trail of a resource, one line per event")
+    p.add_argument("aor"), p.add_argument("--event")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("follow", help="the change feed as JSON lines")
+    p.add_argument("--after", type=int, default=0, help="start after this position")
+    p.add_argument("--forever", action="store_true", help="keep waiting for new events")
+    p.add_argument("--consumer", help="track and resume this consumer's position")
+    p.add_argument("--poll", type=float, default=0.2, help="seconds between polls (--forever)")
+    add_store(p)
+
+    p = commands.add_parser("verify", help="replay the events and compare with the live view")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("clear", help="delete every publication, event and view row")
+    add_store(p)
+
+    from .serve_cli import add_serve_commands  # the SIP side registers its own commands
+
+    add_serve_commands(commands)
+    return parser
+
+
+def found_json(found: Found) -> dict[str, Any]:
+    data = {"aor": found.aor, "event": found.event, "etag": found.etag,
+            "content_type": found.content_type, "expires_at": found.expires_at,
+            "id": found.id, "version": found.version}
+    try:
+        data["body"] = found.body.decode("utf-8")
+    except UnicodeDecodeError:
+        data["body_base64"] = __import__("base64").b64encode(found.body).decode()
+    return data
+
+
+def found_line(found: Found) -> str:
+    return (f"{found.aor}  {found.event}  {found.etag}  {found.content_type}  "
+            f"expires {iso(found.expires_at)}  ({len(found.body)} bytes)")
+
+
+def history_line(r: EventRecord) -> str:
+    parts = [iso(r.at), f"{r.type:<9}", r.event or "-"]
+    if r.type in ("Published", "Refreshed", "Modified"):
+        parts.append(f"etag {r.etag_before or '-'} -> {r.etag}")
+        parts.append(f"expires {iso(r.expires_at)}")
+    else:
+        parts.append(f"etag {r.etag_before}")
+    if r.body is not None:
+        parts.append(f"{r.content_type} {len(r.body)} bytes")
+    elif r.body_sha256:
+        parts.append(f"body sha256 {r.body_sha256[:16]}")
+    if r.source or r.transport:
+        parts.append(f"from {r.transport or '?'}:{r.source or '?'}")
+    if r.identity:
+        parts.append(f"user {r.identity}")
+    if r.call_id:
+        parts.append(f"call-id {r.call_id} cseq {r.cseq}")
+    return "  ".join(parts)
+
+
+def cmd_find(args, out) -> int:
+    with opened(args) as compositor:
+        found = compositor.find(args.aor, args.etag, args.event)
+    if found is None:
+        print("not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    out(json.dumps(found_json(found)) if args.json else found_line(found))
+    return 0
+
+
+def cmd_list(args, out) -> int:
+    with opened(args) as compositor:
+        rows = compositor.list(args.aor, args.event)
+    if args.json:
+        out(json.dumps([found_json(r) for r in rows]))
+    else:
+        for row in rows:
+            out(found_line(row))
+    return 0
+
+
+def cmd_history(args, out) -> int:
+    with opened(args) as compositor:
+        records = compositor.history(args.aor, args.event)
+    for record in records:
+        out(json.dumps(record.as_json()) if args.json else history_line(record))
+    if not records and not args.json:
+        print(f"no history for {args.aor}", file=sys.stderr)
+    return 0
+
+
+def cmd_follow(args, out) -> int:
+    if args.after < 0:
+        raise CommandError("--after must be 0 or more")
+    with opened(args) as compositor:
+        consumer = compositor.consumer(args.consumer) if args.consumer else None
+        position = consumer.position if consumer and args.after == 0 else args.after
+        while True:
+            for record in compositor.feed(after=position):
+                out(json.dumps(record.as_json()))
+                position = record.position or position
+                if consumer is not None:
+                    consumer.commit(position)
+            if not args.forever:
+                return 0
+            sys.stdout.flush()
+            time.sleep(args.poll)
+
+
+def cmd_verify(args, out) -> int:
+    with opened(args) as compositor:
+        live, replayed, differences = compositor.verify()
+    if args.json:
+        out(json.dumps({"live": live, "replayed": replayed, "differences": differences}))
+    else:
+        out(f"live view: {live} publications; replayed from events: {replayed}; "
+            f"differences: {len(differences)}")
+        for difference in differences:
+            out(f"  {difference}")
+    return EXIT_DIFFERENT if differences else 0
+
+
+def cmd_clear(args, out) -> int:
+    with opened(args) as compositor:
+        count = len(compositor.list())
+        compositor.clear()
+    out(f"cleared ({count} live publications removed, history deleted)")
+    return 0
+
+
+class opened:
+    """Open the store for one command; any failure becomes one line and exit 3."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        self.compositor = None
+
+    def __enter__(self):
+        try:
+            self.compositor = open_compositor(self.args.store, create_schema=True)
+        except BadStoreURL as error:
+            raise CommandError(str(error)) from None
+        except Exception as error:
+            raise CommandError(f"cannot open store {self.args.store}: {one_line(error)}",
+                               EXIT_STORE) from None
+        return self.compositor
+
+    def __exit__(self, *exc) -> None:
+        if self.compositor is not None:
+            self.compositor.close()
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "find": cmd_find, "list": cmd_list, "history": cmd_history, "follow": cmd_follow,
+    "verify": cmd_verify, "clear": cmd_clear,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = lambda line: print(line, flush=False)  # noqa: E731
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args, out)
+    except CommandError as error:
+        print(f"esc {args.command}: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as error:  # last resort: still one line, never a traceback
+        print(f"esc {args.command}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+        return EXIT_STORE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

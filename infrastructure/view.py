@@ -1,0 +1,234 @@
+"""The current-state view: one row per live publication, kept with sqlite-utils.
+
+It is a projection of the event store and nothing more: it can be deleted and rebuilt at
+any time. Each transaction that applies events also advances a tracking record (the last
+notification position applied) in the same SQLite transaction, so an event is applied
+exactly once even when the process dies between the event commit and the view update, or
+when two processes feed the same view file.
+
+Tables:
+    publications  live state: id, aor, event, etag, content_type, body, expires_at (epoch s),
+                  version, published_at, updated_at; indexed by (aor, event) and expires_at
+    resources     every publication ever made (id, aor, event, published_at): how history
+                  finds the aggregates of a resource, including ended ones
+    tracking      name -> last applied notification position ("view" for this projection,
+                  other names for change-feed consumers)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import sqlite_utils
+
+from domain.publication import Publication
+
+VIEW = "view"
+
+
+@dataclass(frozen=True)
+class LivePublication:
+    id: str
+    aor: str
+    event: str
+    etag: str
+    content_type: str
+    body: bytes
+    expires_at: float
+    version: int
+    published_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class CurrentStateView:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        conn = sqlite3.connect(path or ":memory:", isolation_level=None,
+                               check_same_thread=False, timeout=30)
+        if path:
+            conn.execute("PRAGMA journal_mode=WAL")
+        # The view is rebuildable from the events, so it need not fsync every commit;
+        # WAL with synchronous=NORMAL stays consistent across crashes, and the tracking
+        # record rolls back together with any rows it covered.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self._create_schema()
+
+    # ---- schema ---------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        with self.transaction():
+            publications = self.db["publications"]
+            if not publications.exists():
+                publications.create({
+                    "id": str, "aor": str, "event": str, "etag": str, "content_type": str,
+                    "body": bytes, "expires_at": float, "version": int,
+                    "published_at": float, "updated_at": float,
+                }, pk="id", not_null={"aor", "event", "etag", "expires_at", "version"})
+                publications.create_index(["aor", "event"], if_not_exists=True)
+                publications.create_index(["expires_at"], if_not_exists=True)
+            resources = self.db["resources"]
+            if not resources.exists():
+                resources.create({"id": str, "aor": str, "event": str, "published_at": float},
+                                 pk="id")
+                resources.create_index(["aor", "event"], if_not_exists=True)
+            tracking = self.db["tracking"]
+            if not tracking.exists():
+                tracking.create({"name": str, "position": int}, pk="name")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken IMMEDIATE so concurrent writers queue on the lock
+        instead of failing on a read-to-write upgrade."""
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    # ---- tracking --------------------------------------------------------------------------
+
+    def position(self, name: str = VIEW) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT position FROM tracking WHERE name = ?",
+                                  [name]).fetchone()
+        return row[0] if row else 0
+
+    def set_position(self, name: str, position: int) -> None:
+        with self.transaction() as conn:
+            self._track(conn, name, position)
+
+    @staticmethod
+    def _track(conn: sqlite3.Connection, name: str, position: int) -> None:
+        conn.execute("INSERT INTO tracking (name, position) VALUES (?, ?) "
+                     "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                     [name, position])
+
+    # ---- projection ------------------------------------------------------------------------
+
+    def apply(self, notifications: Sequence[tuple[int, Any]], *,
+              allow_gap: bool = False) -> bool:
+        """Apply (position, domain event) pairs in order, exactly once.
+
+        Returns False, applying nothing, when the first position is beyond the next one
+        expected and `allow_gap` is false: the caller must catch up from the store first.
+        Positions already applied are skipped."""
+        if not notifications:
+            return True
+        with self.transaction() as conn:
+            row = conn.execute("SELECT position FROM tracking WHERE name = ?",
+                               [VIEW]).fetchone()
+            applied = row[0] if row else 0
+            fresh = [(pos, ev) for pos, ev in notifications if pos > applied]
+            if not fresh:
+                return True
+            if fresh[0][0] != applied + 1 and not allow_gap:
+                return False
+            for _, domain_event in fresh:
+                self._apply_one(conn, domain_event)
+            self._track(conn, VIEW, fresh[-1][0])
+        return True
+
+    def _apply_one(self, conn: sqlite3.Connection, e: Any) -> None:
+        pid = e.originator_id.hex
+        version = e.originator_version
+        if isinstance(e, Publication.Published):
+            conn.execute(
+                "INSERT OR REPLACE INTO publications (id, aor, event, etag, content_type, "
+                "body, expires_at, version, published_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [pid, e.aor, e.event_package, e.etag, e.content_type, e.body, e.expires_at,
+                 version, e.at, e.at])
+            conn.execute("INSERT OR IGNORE INTO resources (id, aor, event, published_at) "
+                         "VALUES (?, ?, ?, ?)", [pid, e.aor, e.event_package, e.at])
+        elif isinstance(e, Publication.Refreshed):
+            conn.execute("UPDATE publications SET etag = ?, expires_at = ?, version = ?, "
+                         "updated_at = ? WHERE id = ? AND version < ?",
+                         [e.etag, e.expires_at, version, e.at, pid, version])
+        elif isinstance(e, Publication.Modified):
+            conn.execute("UPDATE publications SET etag = ?, content_type = ?, body = ?, "
+                         "expires_at = ?, version = ?, updated_at = ? "
+                         "WHERE id = ? AND version < ?",
+                         [e.etag, e.content_type, e.body, e.expires_at, version, e.at, pid,
+                          version])
+        elif isinstance(e, (Publication.Removed, Publication.Expired)):
+            conn.execute("DELETE FROM publications WHERE id = ?", [pid])
+
+    def reset(self) -> None:
+        """Forget everything (the store was cleared, or a rebuild starts)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM publications")
+            conn.execute("DELETE FROM resources")
+            conn.execute("DELETE FROM tracking")
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def _rows(self, where: str, params: Iterable[Any], order: str = "published_at, id",
+              limit: int | None = None) -> list[LivePublication]:
+        sql = f"SELECT * FROM publications WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self.db.execute(sql, list(params)).fetchall()
+        return [LivePublication(*row) for row in rows]
+
+    def live(self, aor: str | None = None, event: str | None = None,
+             now: float | None = None) -> list[LivePublication]:
+        clauses, params = ["1"], []
+        if aor is not None:
+            clauses.append("aor = ?")
+            params.append(aor)
+        if event is not None:
+            clauses.append("event = ?")
+            params.append(event)
+        if now is not None:
+            clauses.append("expires_at > ?")
+            params.append(now)
+        return self._rows(" AND ".join(clauses), params, order="aor, event, published_at, id")
+
+    def due(self, now: float, limit: int) -> list[LivePublication]:
+        """Publications whose expiry time has come, earliest first (uses the index)."""
+        return self._rows("expires_at <= ?", [now], order="expires_at", limit=limit)
+
+    def next_expiry(self) -> float | None:
+        with self._lock:
+            row = self.db.execute("SELECT MIN(expires_at) FROM publications").fetchone()
+        return row[0] if row else None
+
+    def count(self) -> int:
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM publications").fetchone()[0]
+
+    def publication_ids(self, aor: str, event: str | None = None) -> list[str]:
+        sql, params = "SELECT id FROM resources WHERE aor = ?", [aor]
+        if event is not None:
+            sql += " AND event = ?"
+            params.append(event)
+        with self._lock:
+            return [row[0] for row in self.db.execute(sql + " ORDER BY published_at, id",
+                                                      params).fetchall()]
+
+    def snapshot(self) -> dict[str, tuple]:
+        """Every live row as comparable tuples (for `esc verify`)."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT id, aor, event, etag, content_type, body, expires_at, version "
+                "FROM publications").fetchall()
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
