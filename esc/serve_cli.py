@@ -1,7 +1,100 @@
-"""Commands that need the SIP adapter (`serve`, `publish`); registered by the CLI."""
+"""`esc serve` and `esc publish`: the commands that speak SIP."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
 
-def add_serve_commands(commands) -> None:
-    """Filled in with `esc serve` and `esc publish`."""
+from .config import ConfigError, ServeSettings, load_settings
+
+
+def add_serve_commands(commands: Any) -> None:
+    p = commands.add_parser("serve", help="run the compositor as a SIP server")
+    p.add_argument("--listen", action="append",
+                   help="udp:HOST:PORT or tcp:HOST:PORT (repeatable; default UDP and TCP "
+                        "on 0.0.0.0:5060)")
+    p.add_argument("--store", help="store URL (default sqlite:///esc.sqlite3)")
+    p.add_argument("--events", help="event packages served, comma-separated "
+                                    "(default presence,dialog,message-summary)")
+    p.add_argument("--default-expires", type=int, help="expiry when a PUBLISH has none (60)")
+    p.add_argument("--min-expires", type=int, help="shorter requests get 423 (1)")
+    p.add_argument("--max-expires", type=int, help="longer requests are shortened (3600)")
+    p.add_argument("--domain", action="append",
+                   help="serve only this domain (repeatable; default: every domain)")
+    p.add_argument("--max-batch", type=int, help="most PUBLISHes committed together (512)")
+    p.add_argument("--cache-size", type=int, help="publications kept in memory (20000)")
+    p.add_argument("--tcp-idle-timeout", type=float, help="close idle TCP connections (300 s)")
+    p.add_argument("--log-level", help="debug, info, warning or error (info)")
+    p.add_argument("--config", help="TOML file with any of these settings")
+    p.set_defaults(handler=cmd_serve)
+
+    p = commands.add_parser("publish", help="send one PUBLISH and print the answer")
+    p.add_argument("uri", help="the resource, e.g. sip:alice@127.0.0.1:5060")
+    p.add_argument("--event", required=True)
+    p.add_argument("--body-file", help="file with the body ('-' for stdin)")
+    p.add_argument("--content-type", help="default: by event package")
+    p.add_argument("--etag", help="SIP-If-Match (refresh, modify, remove)")
+    p.add_argument("--expires", type=int)
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--server", help="HOST:PORT to send to (default: the URI's host and port)")
+    p.add_argument("--timeout", type=float, default=8.0, help="seconds to wait for an answer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_publish)
+
+
+def cmd_serve(args: argparse.Namespace, out) -> int:
+    from .cli import CommandError
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
+    if cli.get("events"):
+        cli["events"] = cli["events"]
+    try:
+        settings = load_settings(cli, args.config)
+        from sip_adapter.server import Listen
+
+        listens = [Listen.parse(spec) for spec in settings.listen]
+    except (ConfigError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .bootstrap import serve
+
+    try:
+        return asyncio.run(serve(settings, listens))
+    except OSError as error:
+        raise CommandError(f"cannot listen: {error.strerror or error}", 3) from None
+
+
+def cmd_publish(args: argparse.Namespace, out) -> int:
+    from sip_adapter.client import PublishError, publish_once
+    from .cli import CommandError
+
+    body = None
+    if args.body_file:
+        try:
+            body = sys.stdin.buffer.read() if args.body_file == "-" else \
+                open(args.body_file, "rb").read()
+        except OSError as error:
+            raise CommandError(f"cannot read {args.body_file}: {error.strerror}") from None
+    try:
+        answer = publish_once(args.uri, args.event, body=body, content_type=args.content_type,
+                              etag=args.etag, expires=args.expires, transport=args.transport,
+                              server=args.server, timeout=args.timeout)
+    except PublishError as error:
+        raise CommandError(str(error), 3) from None
+    if args.json:
+        import json
+
+        out(json.dumps(answer.as_dict()))
+    else:
+        out(f"{answer.status} {answer.reason}")
+        for name in ("SIP-ETag", "Expires", "Min-Expires", "Allow-Events", "Accept",
+                     "Retry-After"):
+            value = answer.headers.get(name)
+            if value is not None:
+                out(f"{name}: {value}")
+    return 0 if 200 <= answer.status < 300 else 1

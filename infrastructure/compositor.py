@@ -266,6 +266,11 @@ class Compositor(Application):
             return None
         return aggregate if isinstance(aggregate, Publication) else None
 
+    def _is_stale(self, publication: Publication) -> bool:
+        """Has the store an event newer than this (possibly cached) copy? One indexed read."""
+        newer = self.events.get(publication.id, gt=publication.version, limit=1)
+        return next(iter(newer), None) is not None
+
     def _evict(self, aggregates: dict[UUID, Any]) -> None:
         cache = self.repository.cache
         if cache is None:
@@ -348,7 +353,8 @@ class Compositor(Application):
         aor = address_of_record(aor)
         with self._write_lock:
             publication = self._load(publication_id)
-            if publication is not None and publication.etag != etag:
+            if publication is not None and self._is_stale(publication):
+                # Another process or node moved it on since we cached it.
                 self._evict({publication_id: publication})
                 publication = self._load(publication_id)
         if publication is None or publication.etag != etag or publication.aor != aor:
@@ -482,7 +488,9 @@ class Compositor(Application):
             else:
                 raise NotImplementedError(f"clear() is not supported for {kind} stores")
             if self.repository.cache is not None:
-                self.repository.cache.clear()  # type: ignore[attr-defined]
+                # LRUCache.clear() only resets its recency list, not the cached aggregates:
+                # evict every one, or pre-clear state would still be found and refreshed.
+                self._evict(dict.fromkeys(list(self.repository.cache.cache)))
             self.view.reset()
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""`esc serve` settings: command line first, then ESC_* environment variables, then the
+TOML file given with --config, then the defaults. Every problem is one clear line."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from infrastructure import DEFAULT_STORE_URL
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and why, in one line."""
+
+
+@dataclass
+class ServeSettings:
+    listen: list[str] = field(default_factory=lambda: ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])
+    store: str = DEFAULT_STORE_URL
+    events: list[str] = field(default_factory=lambda: ["presence", "dialog", "message-summary"])
+    default_expires: int = 60
+    min_expires: int = 1
+    max_expires: int = 3600
+    domain: list[str] = field(default_factory=list)
+    max_batch: int = 512
+    cache_size: int = 20000
+    tcp_idle_timeout: float = 300.0
+    log_level: str = "info"
+
+
+LIST_SETTINGS = {"listen", "events", "domain"}
+INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size"}
+FLOAT_SETTINGS = {"tcp_idle_timeout"}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    try:
+        if name in LIST_SETTINGS:
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",")] if name != "listen" else \
+                        [v.strip() for v in value.replace(",", " ").split()]
+            elif isinstance(value, list):
+                items = [str(v).strip() for v in value]
+            else:
+                raise TypeError
+            return [item for item in items if item]
+        if name in INT_SETTINGS:
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if name in FLOAT_SETTINGS:
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: bad value for {name}: {value!r}") from None
+
+
+def load_settings(cli: dict[str, Any], config_file: str | None = None,
+                  environ: dict[str, str] | None = None) -> ServeSettings:
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get("ESC_CONFIG")
+    from_file: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as handle:
+                from_file = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {config_file}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {error}") from None
+        from_file = {k.replace("-", "_"): v for k, v in from_file.items()}
+    known = {f.name for f in fields(ServeSettings)}
+    unknown = set(from_file) - known
+    if unknown:
+        raise ConfigError(f"config file {config_file}: unknown setting(s): {', '.join(sorted(unknown))}")
+
+    settings = ServeSettings()
+    for name in known:
+        env_value = environ.get(f"ESC_{name.upper()}")
+        if cli.get(name) not in (None, []):
+            setattr(settings, name, _coerce(name, cli[name], "command line"))
+        elif env_value not in (None, ""):
+            setattr(settings, name, _coerce(name, env_value, f"ESC_{name.upper()}"))
+        elif name in from_file:
+            setattr(settings, name, _coerce(name, from_file[name], f"config file {config_file}"))
+    validate(settings)
+    return settings
+
+
+def validate(settings: ServeSettings) -> None:
+    if not settings.listen:
+        raise ConfigError("at least one --listen address is needed")
+    if not settings.events:
+        raise ConfigError("at least one event package is needed (--events)")
+    if settings.min_expires < 1:
+        raise ConfigError("--min-expires must be at least 1")
+    if settings.max_expires < settings.min_expires:
+        raise ConfigError("--max-expires must not be less than --min-expires")
+    if not settings.min_expires <= settings.default_expires <= settings.max_expires:
+        raise ConfigError("--default-expires must lie between --min-expires and --max-expires")
+    if settings.max_batch < 1:
+        raise ConfigError("--max-batch must be at least 1")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("--log-level must be debug, info, warning or error")

@@ -1,0 +1,276 @@
+"""RFC 3261 section 25 grammar pieces, as regular expressions.
+
+Each piece quotes the ABNF it implements. The patterns run on header values *after* the parser
+has unfolded continuation lines (`LWS` then never contains CRLF) and stripped the value, so
+`LWS` becomes `1*WSP` and `SWS` becomes `*WSP` here.
+
+Hostile input must not make these patterns slow: every repetition whose body could overlap
+with what follows is possessive (`*+`, `++`, Python 3.11) so the engine never backtracks into
+it, and alternatives start with disjoint characters. The one non-possessive repetition, the
+`domainlabel "."` loop of `hostname`, backtracks one whole label at a time (linear).
+
+Text is `str`: the parser decodes the header section as UTF-8 with errors="surrogateescape",
+so invalid bytes appear as lone surrogates U+DC80..U+DCFF, which `UTF8-NONASCII` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- 25.1 Basic rules -------------------------------------------------------------------------
+
+#   alphanum  =  ALPHA / DIGIT
+#   unreserved  =  alphanum / mark
+#   mark        =  "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
+#   (character-class bodies, for composing classes below)
+_ALPHANUM = "A-Za-z0-9"
+_UNRESERVED = _ALPHANUM + r"\-_.!~*'()"
+
+#   escaped     =  "%" HEXDIG HEXDIG
+escaped = r"%[0-9A-Fa-f]{2}"
+
+#   LWS  =  [*WSP CRLF] 1*WSP ; linear whitespace
+#   SWS  =  [LWS] ; sep whitespace
+LWS = r"[ \t]++"
+SWS = r"[ \t]*+"
+
+#   SLASH   =  SWS "/" SWS ; slash
+#   EQUAL   =  SWS "=" SWS ; equal
+#   SEMI    =  SWS ";" SWS ; semicolon
+#   COLON   =  SWS ":" SWS ; colon
+SLASH = SWS + "/" + SWS
+EQUAL = SWS + "=" + SWS
+SEMI = SWS + ";" + SWS
+COLON = SWS + ":" + SWS
+
+#   token       =  1*(alphanum / "-" / "." / "!" / "%" / "*"
+#                  / "_" / "+" / "`" / "'" / "~" )
+token = r"[A-Za-z0-9\-.!%*_+`'~]++"
+
+#   word        =  1*(alphanum / "-" / "." / "!" / "%" / "*" /
+#                  "_" / "+" / "`" / "'" / "~" /
+#                  "(" / ")" / "<" / ">" /
+#                  ":" / "\" / DQUOTE /
+#                  "/" / "[" / "]" / "?" /
+#                  "{" / "}" )
+word = r"""[A-Za-z0-9\-.!%*_+`'~()<>:\\"/\[\]?{}]++"""
+
+#   quoted-string  =  SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+#   qdtext         =  LWS / %x21 / %x23-5B / %x5D-7E
+#                       / UTF8-NONASCII
+#   quoted-pair    =  "\" (%x00-09 / %x0B-0C / %x0E-7F)
+#   (UTF8-NONASCII is taken as any non-ASCII character, including the surrogates that stand
+#   for undecodable bytes.)
+quoted_string = (
+    r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"'
+)
+
+# --- Hosts ------------------------------------------------------------------------------------
+
+#   host             =  hostname / IPv4address / IPv6reference
+#   hostname         =  *( domainlabel "." ) toplabel [ "." ]
+#   domainlabel      =  alphanum
+#                       / alphanum *( alphanum / "-" ) alphanum
+#   toplabel         =  ALPHA / ALPHA *( alphanum / "-" ) alphanum
+#   IPv4address    =  1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT
+#   IPv6reference  =  "[" IPv6address "]"
+#   (IPv6address is matched loosely here and checked with the ipaddress module afterwards.)
+domainlabel = r"[A-Za-z0-9]++(?:-++[A-Za-z0-9]++)*+"
+toplabel = r"[A-Za-z][A-Za-z0-9]*+(?:-++[A-Za-z0-9]++)*+"
+hostname = rf"(?:{domainlabel}\.)*{toplabel}\.?"
+IPv4address = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
+IPv6reference = r"\[[0-9A-Fa-f:.]++\]"
+host = rf"(?:{IPv6reference}|{hostname}|{IPv4address})"
+
+#   port           =  1*DIGIT
+port = r"[0-9]++"
+
+# --- 25.1 URIs --------------------------------------------------------------------------------
+
+#   SIP-URI          =  "sip:" [ userinfo ] hostport
+#                       uri-parameters [ headers ]
+#   SIPS-URI         =  "sips:" [ userinfo ] hostport
+#                       uri-parameters [ headers ]
+#   userinfo         =  ( user / telephone-subscriber ) [ ":" password ] "@"
+#   user             =  1*( unreserved / escaped / user-unreserved )
+#   user-unreserved  =  "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"
+#   password         =  *( unreserved / escaped /
+#                       "&" / "=" / "+" / "$" / "," )
+#   hostport         =  host [ ":" port ]
+#   (telephone-subscriber's characters are all user characters, so `user` covers it.)
+user = rf"(?:[{_UNRESERVED}&=+$,;?/]|{escaped})++"
+password = rf"(?:[{_UNRESERVED}&=+$,]|{escaped})*+"
+
+#   uri-parameters    =  *( ";" uri-parameter)
+#   uri-parameter     =  transport-param / user-param / method-param
+#                        / ttl-param / maddr-param / lr-param / other-param
+#   other-param       =  pname [ "=" pvalue ]
+#   pname             =  1*paramchar
+#   pvalue            =  1*paramchar
+#   paramchar         =  param-unreserved / unreserved / escaped
+#   param-unreserved  =  "[" / "]" / "/" / ":" / "&" / "+" / "$"
+#   (the named parameters are all special cases of other-param)
+paramchar = rf"(?:[{_UNRESERVED}\[\]/:&+$]|{escaped})"
+uri_parameter = rf"{paramchar}++(?:={paramchar}++)?"
+
+#   headers         =  "?" header *( "&" header )
+#   header          =  hname "=" hvalue
+#   hname           =  1*( hnv-unreserved / unreserved / escaped )
+#   hvalue          =  *( hnv-unreserved / unreserved / escaped )
+#   hnv-unreserved  =  "[" / "]" / "/" / "?" / ":" / "+" / "$"
+_hnvchar = rf"(?:[{_UNRESERVED}\[\]/?:+$]|{escaped})"
+uri_header = rf"{_hnvchar}++={_hnvchar}*+"
+
+SIP_URI = (
+    r"(?P<scheme>[Ss][Ii][Pp][Ss]?):"
+    rf"(?:(?P<user>{user})(?::(?P<password>{password}))?@)?"
+    rf"(?P<host>{host})(?::(?P<port>{port}))?"
+    rf"(?P<params>(?:;{uri_parameter})*+)"
+    rf"(?:\?(?P<headers>{uri_header}(?:&{uri_header})*+))?"
+)
+
+#   absoluteURI    =  scheme ":" ( hier-part / opaque-part )
+#   hier-part      =  ( net-path / abs-path ) [ "?" query ]
+#   opaque-part    =  uric-no-slash *uric
+#   uric           =  reserved / unreserved / escaped
+#   reserved    =  ";" / "/" / "?" / ":" / "@" / "&" / "=" / "+" / "$" / ","
+#   scheme         =  ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+#   (every character of hier-part and opaque-part is a uric, so "scheme ':' 1*uric" is the same
+#   language; "[" and "]" are admitted for RFC 2732 IPv6 literals.)
+scheme = r"[A-Za-z][A-Za-z0-9+\-.]*+"
+absoluteURI = rf"(?P<scheme>{scheme}):(?P<rest>(?:[{_UNRESERVED};/?:@&=+$,\[\]]|{escaped})++)"
+
+# --- 25.1 Start lines -------------------------------------------------------------------------
+
+#   Method            =  INVITEm / ACKm / OPTIONSm / BYEm
+#                        / CANCELm / REGISTERm
+#                        / extension-method
+#   extension-method  =  token
+Method = token
+
+#   SIP-Version    =  "SIP" "/" 1*DIGIT "." 1*DIGIT
+#   (ABNF literals are case-insensitive)
+SIP_Version = r"[Ss][Ii][Pp]/[0-9]++\.[0-9]++"
+
+#   Status-Code     =  Informational / Redirection / Success / Client-Error
+#                      / Server-Error / Global-Failure / extension-code
+#   extension-code  =  3DIGIT
+Status_Code = r"[1-6][0-9][0-9]"
+
+#   Reason-Phrase   =  *(reserved / unreserved / escaped
+#                      / UTF8-NONASCII / UTF8-CONT / SP / HTAB)
+#   (taken as: anything but control characters other than HTAB)
+Reason_Phrase = r"[^\x00-\x08\x0a-\x1f\x7f]*+"
+
+# --- 25.1 Header fields -----------------------------------------------------------------------
+
+#   header-name       =  token
+header_name = token
+
+#   generic-param  =  token [ EQUAL gen-value ]
+#   gen-value      =  token / host / quoted-string
+#   (host's characters are token characters, except an IPv6reference's)
+gen_value = rf"(?:{token}|{IPv6reference}|{quoted_string})"
+generic_params = rf"(?:{SEMI}{token}(?:{EQUAL}{gen_value})?)*+"
+
+#   Via               =  ( "Via" / "v" ) HCOLON via-parm *(COMMA via-parm)
+#   via-parm          =  sent-protocol LWS sent-by *( SEMI via-params )
+#   via-params        =  via-ttl / via-maddr
+#                        / via-received / via-branch
+#                        / via-extension
+#   via-extension     =  generic-param
+#   sent-protocol     =  protocol-name SLASH protocol-version
+#                        SLASH transport
+#   protocol-name     =  "SIP" / token
+#   protocol-version  =  token
+#   transport         =  "UDP" / "TCP" / "TLS" / "SCTP"
+#                        / other-transport
+#   sent-by           =  host [ COLON port ]
+#   (via-ttl, via-maddr, via-received, via-branch and RFC 3581's "rport" [EQUAL 1*DIGIT]
+#   are special cases of generic-param; their values are checked where they are used.)
+via_parm = (
+    rf"(?P<protocol>{token}){SLASH}(?P<version>{token}){SLASH}(?P<transport>{token})"
+    rf"{LWS}(?P<host>{host})(?:{COLON}(?P<port>{port}))?"
+    rf"(?P<params>{generic_params})"
+)
+
+#   name-addr      =  [ display-name ] LAQUOT addr-spec RAQUOT
+#   addr-spec      =  SIP-URI / SIPS-URI / absoluteURI
+#   display-name   =  *(token LWS)/ quoted-string
+#   LAQUOT  =  SWS "<"; left angle quote
+#   RAQUOT  =  ">" SWS; right angle quote
+#   from-spec    =  ( name-addr / addr-spec ) *( SEMI from-param )
+#   contact-param  =  (name-addr / addr-spec) *(SEMI contact-params)
+#   (RFC 4475 3.1.1.6: accept a token display name with no LWS before "<". Outside angle
+#   brackets the URI stops at ";" and may not contain "," or "?", RFC 3261 20.10; the URI text
+#   is matched loosely here and checked with the URI grammar afterwards.)
+name_addr_or_spec = (
+    rf"(?:(?:(?P<quoted>{quoted_string})|(?P<tokens>{token}(?:{LWS}{token})*+))?"
+    rf"{SWS}<(?P<uri>[^<>\s\"]++)>"
+    rf"|(?P<bare>[^\s;,?<>\"]++))"
+    rf"(?P<params>{generic_params})"
+)
+
+#   CSeq  =  "CSeq" HCOLON 1*DIGIT LWS Method
+CSeq = rf"(?P<number>[0-9]++){LWS}(?P<method>{Method})"
+
+#   Call-ID  =  ( "Call-ID" / "i" ) HCOLON callid
+#   callid   =  word [ "@" word ]
+callid = rf"{word}(?:@{word})?"
+
+#   Max-Forwards  =  "Max-Forwards" HCOLON 1*DIGIT
+#   Content-Length  =  ( "Content-Length" / "l" ) HCOLON 1*DIGIT
+#   Expires     =  "Expires" HCOLON delta-seconds
+#   delta-seconds      =  1*DIGIT
+digits = r"[0-9]++"
+
+#   Content-Type     =  ( "Content-Type" / "c" ) HCOLON media-type
+#   media-type       =  m-type SLASH m-subtype *(SEMI m-parameter)
+#   m-parameter      =  m-attribute EQUAL m-value
+#   m-attribute      =  token
+#   m-value          =  token / quoted-string
+#   (m-type and m-subtype are tokens or extension tokens, which are tokens)
+media_type = (
+    rf"(?P<type>{token}){SLASH}(?P<subtype>{token})"
+    rf"(?P<params>(?:{SEMI}{token}{EQUAL}(?:{token}|{quoted_string}))*+)"
+)
+
+#   Date          =  "Date" HCOLON SIP-date
+#   SIP-date      =  rfc1123-date
+#   rfc1123-date  =  wkday "," SP date1 SP time SP "GMT"
+#   date1         =  2DIGIT SP month SP 4DIGIT
+#   time          =  2DIGIT ":" 2DIGIT ":" 2DIGIT
+rfc1123_date = (
+    r"(?i:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} (?i:GMT)"
+)
+
+
+# --- Compiled ---------------------------------------------------------------------------------
+
+def _full(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+TOKEN_RE = _full(token)
+METHOD_RE = _full(Method)
+HEADER_NAME_RE = _full(header_name)
+SIP_VERSION_RE = _full(SIP_Version)
+STATUS_CODE_RE = _full(Status_Code)
+REASON_PHRASE_RE = _full(Reason_Phrase)
+SIP_URI_RE = _full(SIP_URI)
+ABSOLUTE_URI_RE = _full(absoluteURI)
+SCHEME_PREFIX_RE = re.compile(rf"({scheme}):")
+URI_PARAM_RE = re.compile(rf";({paramchar}++)(?:=({paramchar}++))?")
+VIA_PARM_RE = _full(via_parm)
+NAME_ADDR_RE = _full(name_addr_or_spec)
+GENERIC_PARAM_RE = re.compile(rf"{SEMI}({token})(?:{EQUAL}({gen_value}))?")
+CSEQ_RE = _full(CSeq)
+CALLID_RE = _full(callid)
+DIGITS_RE = _full(digits)
+MEDIA_TYPE_RE = _full(media_type)
+DATE_RE = _full(rfc1123_date)
+QUOTED_PAIR_RE = re.compile(r"\\([\x00-\x7f])")
+ESCAPED_RE = re.compile(escaped)
+IPV4_RE = _full(IPv4address)

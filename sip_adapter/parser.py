@@ -1,0 +1,347 @@
+"""Bytes -> SIP message (RFC 3261 sections 7, 18.3, 20 and 25). Sans-I/O.
+
+`parse_message` takes one datagram. The stream framer (framer.py) uses the same three steps:
+
+1. `_scan_head`: split the header section into unfolded (name, value) fields. Only this and
+   Content-Length are needed to delimit a message on a stream.
+2. `_content_length`: the body length the header section announces.
+3. `_build`: the start line and every check that decides whether the message is acceptable.
+   Once the top Via is readable, errors carry `partial` (the request so far) so that the
+   server can still answer them.
+
+Header names and values are decoded as UTF-8 with errors="surrogateescape" (see message.py).
+
+What is checked eagerly, because a server must answer 400 (or 505 / 501 / 413 / 414) rather
+than act on it: the start line; Via; From, To, Call-ID, CSeq (present, once each, well formed,
+CSeq method = request method, CSeq number < 2**32); Content-Length, Max-Forwards and
+Content-Type (once each, well formed); Contact, Route and Record-Route (name-addr syntax);
+Date (rfc1123-date, GMT); the Request-URI (a SIP URI must match RFC 3261, any other scheme
+must be an absoluteURI; no headers component). Other headers are kept as text and checked by
+their accessors when used (`Message.expires` raises ParseError(400)).
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import abnf
+from .limits import DEFAULT_LIMITS, Limits, ParseError
+from .message import (
+    _NAMES, CSeq, Headers, NameAddr, Request, Response, Via, bounded_int, split_list,
+)
+from .uri import SipUri, parse_uri
+
+__all__ = ["parse_message", "ParseError", "KNOWN_METHODS"]
+
+# Methods a SIP element may know (RFC 3261 and the extensions in common use). An unknown
+# method whose CSeq method differs is answered 501 rather than 400 (RFC 4475 3.1.2.18).
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "OPTIONS", "BYE", "CANCEL", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+})
+
+# Single-valued headers that may appear once at most (RFC 4475 3.3.8, 3.3.9).
+_SINGLETON_NAMES = {
+    "call-id": "Call-ID", "from": "From", "to": "To", "cseq": "CSeq",
+    "content-length": "Content-Length", "max-forwards": "Max-Forwards",
+    "content-type": "Content-Type",
+}
+_MANDATORY = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_UINT32_MAX = 2**32 - 1
+_HEADER_NAME_RE = abnf.HEADER_NAME_RE
+_CALLID_FULLMATCH = abnf.CALLID_RE.fullmatch
+_CSEQ_FULLMATCH = abnf.CSEQ_RE.fullmatch
+_DIGITS_FULLMATCH = abnf.DIGITS_RE.fullmatch
+_MEDIA_TYPE_FULLMATCH = abnf.MEDIA_TYPE_RE.fullmatch
+# Every spelling seen in practice, as is and lower-cased: most lookups then skip .lower().
+_NAMES_ANY_CASE = dict(_NAMES)
+_NAMES_ANY_CASE.update({canonical: (canonical, key) for canonical, key in _NAMES.values()})
+_NAMES_ANY_CASE.update({k.upper(): v for k, v in _NAMES.items() if len(k) == 1})
+
+
+class _Head:
+    __slots__ = ("start_line", "headers", "index")
+
+    def __init__(self, start_line: str, headers: Headers, index: dict[str, list[str]]) -> None:
+        self.start_line = start_line
+        self.headers = headers
+        self.index = index
+
+
+# One header line (after unfolding): name, optional WSP, colon, value without the WSP around
+# it (HCOLON  =  *( SP / HTAB ) ":" SWS). Lines without a colon do not match, which the
+# caller detects by counting.
+_FIELD_RE = re.compile(r"^([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r|\Z)", re.M)
+# LWS  =  [*WSP CRLF] 1*WSP: a folded line break and the whitespace around it become one SP.
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]++")
+
+
+def _scan_head(data: bytes | bytearray, start: int, end: int, limits: Limits) -> _Head:
+    """Decode data[start:end] (start line and header lines, without the final CRLFCRLF) into
+    a start line and unfolded, name-canonicalised header fields."""
+    text = data[start:end].decode("utf-8", "surrogateescape")
+    breaks = text.count("\r\n")
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        raise ParseError(400, "Bare CR or LF in header section")
+    start_line, _, rest = text.partition("\r\n")
+    if not start_line:
+        raise ParseError(400, "Empty start line")
+    if not rest:
+        return _Head(start_line, Headers._trusted([], {}), {})
+    if rest[0] == " " or rest[0] == "\t":
+        raise ParseError(400, "Continuation line before the first header field")
+    if "\r\n " in rest or "\r\n\t" in rest:
+        rest = _FOLD_RE.sub(" ", rest)
+    n_lines = rest.count("\r\n") + 1
+    if n_lines > limits.max_headers:
+        raise ParseError(413, "Too many header fields")
+    max_len = limits.max_header_length
+    if len(rest) > max_len and any(len(line) > max_len for line in rest.split("\r\n")):
+        raise ParseError(413, "Header field too long")
+    found = _FIELD_RE.findall(rest)
+    if len(found) != n_lines:
+        raise ParseError(400, "Malformed header field")
+    fields: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
+    names = _NAMES_ANY_CASE
+    for name, value in found:
+        known = names.get(name)
+        if known is None:
+            known = names.get(name.lower())
+            if known is None:
+                if _HEADER_NAME_RE.fullmatch(name) is None:
+                    raise ParseError(400, "Malformed header field name")
+                known = (name, name.lower())
+        name, key = known
+        fields.append((name, value))
+        bucket = index.get(key)
+        if bucket is None:
+            index[key] = [value]
+        else:
+            bucket.append(value)
+    return _Head(start_line, Headers._trusted(fields, index), index)
+
+
+def _content_length(head: _Head, limits: Limits) -> int | None:
+    values = head.index.get("content-length")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ParseError(400, "Multiple Content-Length header fields")
+    value = values[0]
+    if abnf.DIGITS_RE.fullmatch(value) is None:
+        raise ParseError(400, "Malformed Content-Length header field")
+    length = bounded_int(value, limits.max_body_size)
+    if length is None:
+        raise ParseError(413, "Message body too large")
+    return length
+
+
+def _build(head: _Head, body: bytes, limits: Limits,
+           deferred: ParseError | None = None) -> Request | Response:
+    """Turn a scanned head and its body into a message, or raise ParseError. `deferred` is a
+    framing error found earlier; it is raised once `partial` can be attached to it."""
+    line = head.start_line
+    first, _, _ = line.partition(" ")
+    if "/" in first:
+        return _build_response(head, body, deferred)
+
+    # Request-Line  =  Method SP Request-URI SP SIP-Version CRLF
+    parts = line.split(" ")
+    if (
+        len(parts) != 3
+        or not parts[1]
+        or abnf.METHOD_RE.fullmatch(parts[0]) is None
+        or (parts[2] != "SIP/2.0" and abnf.SIP_VERSION_RE.fullmatch(parts[2]) is None)
+    ):
+        raise _malformed_request_line(head, parts, body)
+    method, uri, version = parts
+    version_ok = version == "SIP/2.0"
+    if not version_ok:
+        version_ok = version.upper() == "SIP/2.0"
+        if version_ok:
+            version = "SIP/2.0"
+
+    index = head.index
+    vias = _vias(index)
+    request = Request(method, uri, head.headers, body, version)
+    request._cache["vias"] = vias
+
+    def fail(status: int, reason: str) -> ParseError:
+        return ParseError(status, reason, request)
+
+    if not version_ok:
+        raise fail(505, "Version Not Supported")
+    if deferred is not None:
+        raise fail(deferred.status, deferred.reason)
+    if len(uri) > limits.max_header_length:
+        raise fail(414, "Request-URI Too Long")
+    try:
+        parsed_uri = parse_uri(uri)
+    except ParseError:
+        raise fail(400, "Malformed Request-URI") from None
+    if isinstance(parsed_uri, SipUri):
+        if parsed_uri.headers:
+            raise fail(400, "Request-URI must not contain headers")
+        request._cache["parsed-uri"] = parsed_uri
+
+    try:
+        _check_common(request, index)
+    except ParseError as exc:
+        raise fail(exc.status, exc.reason) from None
+
+    cseq = request._cache["cseq"]
+    if cseq.method != method:
+        if method not in KNOWN_METHODS:
+            raise fail(501, "Not Implemented")
+        raise fail(400, "CSeq method does not match the request method")
+    return request
+
+
+def _malformed_request_line(head: _Head, parts: list[str], body: bytes) -> ParseError:
+    # RFC 4475 3.1.2.7-3.1.2.10: reject with 400. When the Via is readable the error still
+    # carries a partial request (method as far as it is a token, Request-URI unknown: "") so
+    # that the 400 can be addressed.
+    try:
+        vias = _vias(head.index)
+    except ParseError:
+        return ParseError(400, "Malformed Request-Line")
+    method = parts[0] if abnf.METHOD_RE.fullmatch(parts[0]) else ""
+    partial = Request(method, "", head.headers, body, "SIP/2.0")
+    partial._cache["vias"] = vias
+    return ParseError(400, "Malformed Request-Line", partial)
+
+
+def _build_response(head: _Head, body: bytes, deferred: ParseError | None) -> Response:
+    # Status-Line  =  SIP-Version SP Status-Code SP Reason-Phrase CRLF
+    # (a missing SP after the code is tolerated: RFC 4475 3.1.1.13 has one with an empty reason)
+    version, _, rest = head.start_line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if (
+        abnf.SIP_VERSION_RE.fullmatch(version) is None
+        or abnf.STATUS_CODE_RE.fullmatch(code) is None
+        or abnf.REASON_PHRASE_RE.fullmatch(reason) is None
+    ):
+        raise ParseError(400, "Malformed Status-Line")
+    if version.upper() != "SIP/2.0":
+        raise ParseError(505, "Version Not Supported")
+    if deferred is not None:
+        raise deferred
+    vias = _vias(head.index)
+    response = Response(int(code), reason, head.headers, body, "SIP/2.0")
+    response._cache["vias"] = vias
+    _check_common(response, head.index)
+    return response
+
+
+def _vias(index: dict[str, list[str]]) -> list[Via]:
+    lines = index.get("via")
+    if not lines:
+        raise ParseError(400, "Missing Via header field")
+    vias = []
+    for value in lines:
+        for element in split_list(value):
+            if not element:
+                raise ParseError(400, "Malformed Via header field")
+            vias.append(Via.parse(element))
+    return vias
+
+
+def _check_common(message: Request | Response, index: dict[str, list[str]]) -> None:
+    """The header checks requests and responses share; fills the message's cache."""
+    for key, values in index.items():
+        if len(values) > 1 and key in _SINGLETON_NAMES:
+            raise ParseError(400, f"Multiple {_SINGLETON_NAMES[key]} header fields")
+    for key, name in _MANDATORY:
+        if key not in index:
+            raise ParseError(400, f"Missing {name} header field")
+
+    cache = message._cache
+    cache["From"] = _name_addr(index["from"][0], "From")
+    cache["To"] = _name_addr(index["to"][0], "To")
+
+    if _CALLID_FULLMATCH(index["call-id"][0]) is None:
+        raise ParseError(400, "Malformed Call-ID header field")
+
+    cseq = _CSEQ_FULLMATCH(index["cseq"][0])
+    if cseq is None:
+        raise ParseError(400, "Malformed CSeq header field")
+    number = bounded_int(cseq.group(1), _UINT32_MAX)
+    if number is None:
+        raise ParseError(400, "CSeq number out of range")
+    cache["cseq"] = CSeq(number, cseq.group(2))
+
+    values = index.get("max-forwards")
+    if values is not None:
+        value = values[0]
+        hops = bounded_int(value, 255) if _DIGITS_FULLMATCH(value) else None
+        if hops is None:
+            raise ParseError(400, "Malformed Max-Forwards header field")
+        cache["max-forwards"] = hops
+    values = index.get("content-type")
+    if values is not None:
+        media = _MEDIA_TYPE_FULLMATCH(values[0])
+        if media is None:
+            raise ParseError(400, "Malformed Content-Type header field")
+        cache["content-type"] = f"{media.group('type')}/{media.group('subtype')}".lower()
+    for value in index.get("contact", ()):
+        for element in split_list(value):
+            if element != "*":
+                _name_addr(element, "Contact")
+    for key, name in (("route", "Route"), ("record-route", "Record-Route")):
+        for value in index.get(key, ()):
+            for element in split_list(value):
+                _name_addr(element, name, brackets_required=True)
+    for value in index.get("date", ()):
+        if abnf.DATE_RE.fullmatch(value) is None:
+            raise ParseError(400, "Malformed Date header field")
+
+
+def _name_addr(value: str, name: str, brackets_required: bool = False) -> NameAddr:
+    try:
+        return NameAddr.parse(value, brackets_required=brackets_required)
+    except ParseError:
+        raise ParseError(400, f"Malformed {name} header field") from None
+
+
+def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """Parse one datagram (RFC 3261 18.3): octets beyond Content-Length are discarded, a
+    body shorter than Content-Length is an error (400), and without Content-Length the rest
+    of the datagram is the body. CRLFs before the start line are skipped (7.5).
+
+    Raises ParseError (and nothing else) for anything that is not an acceptable message."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("parse_message() takes bytes")
+    size = len(data)
+    if size > limits.max_message_size:
+        raise ParseError(413, "Message too large")
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        if start >= size:
+            raise ParseError(400, "Empty message")
+        raise ParseError(400, "Header section not terminated by an empty line")
+    head = _scan_head(data, start, end, limits)
+    body_start = end + 4
+    available = size - body_start
+    deferred = None
+    body = b""
+    try:
+        length = _content_length(head, limits)
+    except ParseError as exc:
+        deferred = exc
+    else:
+        if length is None:
+            if available > limits.max_body_size:
+                deferred = ParseError(413, "Message body too large")
+            else:
+                body = bytes(data[body_start:])
+        elif length > available:
+            deferred = ParseError(400, "Message body shorter than Content-Length")
+        else:
+            body = bytes(data[body_start:body_start + length])
+    return _build(head, body, limits, deferred)

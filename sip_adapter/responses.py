@@ -1,0 +1,106 @@
+"""Building a response to a request: RFC 3261 section 8.2.6."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .limits import ParseError
+from .message import Headers, NameAddr, Request, Response
+
+__all__ = ["make_response", "REASON_PHRASES", "reason_phrase"]
+
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    489: "Bad Event",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+}
+
+_CLASS_PHRASES = {1: "Provisional", 2: "OK", 3: "Redirection", 4: "Client Error",
+                  5: "Server Error", 6: "Global Failure"}
+
+
+def reason_phrase(status: int) -> str:
+    """The default reason phrase: the table's, else one for the status class."""
+    return REASON_PHRASES.get(status) or _CLASS_PHRASES.get(status // 100, "Unknown")
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    to_tag: str,
+    server: str | None = "esc",
+) -> Response:
+    """A response to `request` (RFC 3261 8.2.6): every Via line copied in order, then From,
+    To, Call-ID and CSeq copied; a To without a tag gets ";tag=<to_tag>" (except in 100
+    Trying, 8.2.6.2); a 100 copies Timestamp (8.2.6.1). Then `headers`, then Server (unless
+    `server` is None or empty), then Content-Length.
+
+    Works on a ParseError's `partial` request too: a header that is missing is left out, one
+    that was malformed is copied as it is.
+    """
+    if not 100 <= status <= 699:
+        raise ValueError(f"status {status} out of range")
+    source = request.headers
+    out = Headers()
+    for value in source.lines("Via"):
+        out.add("Via", value)
+    from_value = source.get("From")
+    if from_value is not None:
+        out.add("From", from_value)
+    to_value = source.get("To")
+    if to_value is not None:
+        if status != 100 and _lacks_tag(to_value):
+            to_value = f"{to_value};tag={to_tag}"
+        out.add("To", to_value)
+    for name in ("Call-ID", "CSeq"):
+        value = source.get(name)
+        if value is not None:
+            out.add(name, value)
+    if status == 100:
+        timestamp = source.get("Timestamp")
+        if timestamp is not None:
+            out.add("Timestamp", timestamp)
+    for name, value in headers:
+        out.add(name, value)
+    if server:
+        out.add("Server", server)
+    out.add("Content-Length", str(len(body)))
+    return Response(status, reason if reason is not None else reason_phrase(status), out, body)
+
+
+def _lacks_tag(value: str) -> bool:
+    try:
+        return NameAddr.parse(value).tag is None
+    except ParseError:
+        return False  # unreadable To (partial request): copy it untouched

@@ -1,0 +1,223 @@
+"""The SIP server: listeners, the publication committer, timers and graceful shutdown.
+
+PUBLISH requests are queued in arrival order and committed in groups by one worker thread:
+while one batch is being saved (one transaction, one fsync), the next one gathers. Every
+response of a batch is sent only after its save returned, so no 200 OK precedes
+durability, and a single writer keeps per-resource order (DESIGN decisions 3 and 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from domain import PublishRequest, StoreUnavailable
+
+from .limits import DEFAULT_LIMITS, Limits
+from .routing import Origin
+from .service import Outgoing, PendingPublish, ServiceConfig, SipService
+from .transport import TCPProtocol, UDPProtocol
+
+log = logging.getLogger("esc.server")
+
+
+class PublicationStore(Protocol):
+    def process_many(self, requests: Sequence[PublishRequest]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class Listen:
+    transport: str  # "udp" | "tcp"
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "Listen":
+        """`udp:HOST:PORT`, `tcp:[::1]:5060`."""
+        transport, sep, rest = spec.partition(":")
+        transport = transport.lower()
+        if not sep or transport not in ("udp", "tcp"):
+            raise ValueError(f"bad --listen {spec!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+        if rest.startswith("["):
+            host, _, port_text = rest[1:].partition("]")
+            port_text = port_text.lstrip(":")
+        else:
+            host, _, port_text = rest.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"bad --listen {spec!r}: expected {transport}:HOST:PORT")
+        return cls(transport, host, int(port_text))
+
+    def describe(self, port: int | None = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport} {host}:{self.port if port is None else port}"
+
+
+@dataclass
+class ServerConfig:
+    listen: list[Listen] = field(default_factory=lambda: [Listen("udp", "0.0.0.0", 5060),
+                                                          Listen("tcp", "0.0.0.0", 5060)])
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    limits: Limits = DEFAULT_LIMITS
+    max_batch: int = 512
+    tcp_idle_timeout: float = 300.0
+    tcp_read_timeout: float = 30.0
+    max_tcp_connections: int = 10000
+
+
+class SipServer:
+    def __init__(self, store: PublicationStore, config: ServerConfig,
+                 announce: Callable[[str], None] = print) -> None:
+        self.store = store
+        self.config = config
+        self.limits = config.limits
+        self.service = SipService(config.service)
+        self.announce = announce
+        self.accepting = False
+        self.bound: list[tuple[Listen, int]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.AbstractServer] = []
+        self._connections: set[TCPProtocol] = set()
+        self._queue: list[PendingPublish] = []
+        self._wakeup: asyncio.Event | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="esc-store")
+        self._tasks: list[asyncio.Task] = []
+        self._in_flight = 0
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # ---- start / stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        for listen in self.config.listen:
+            port = listen.port or self._shared_port(listen)
+            if listen.transport == "udp":
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: UDPProtocol(self), local_addr=(listen.host, port),
+                    family=_family(listen.host), reuse_port=False)
+                sock = transport.get_extra_info("socket")
+                for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+                    except OSError:
+                        pass
+                self._udp.append(transport)
+                actual = transport.get_extra_info("sockname")[1]
+            else:
+                server = await self._loop.create_server(
+                    lambda: TCPProtocol(self), host=listen.host, port=port,
+                    family=_family(listen.host), reuse_address=True, backlog=1024)
+                self._tcp.append(server)
+                actual = server.sockets[0].getsockname()[1]
+            self.bound.append((listen, actual))
+        self.accepting = True
+        self._tasks = [asyncio.create_task(self._commit_loop(), name="esc-commit"),
+                       asyncio.create_task(self._timer_loop(), name="esc-timers")]
+        for listen, actual in self.bound:
+            self.announce(f"listening {listen.describe(actual)}")
+
+    def _shared_port(self, listen: Listen) -> int:
+        """Port 0 on several transports of one host: share the first one bound, so UDP and
+        TCP listen on the same port (RFC 3261 18.2.1)."""
+        for other, actual in self.bound:
+            if other.host == listen.host and other.port == 0:
+                return actual
+        return 0
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop reading, finish what is in flight, close."""
+        self.accepting = False
+        for server in self._tcp:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while (self._queue or self._in_flight) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for transport in self._udp:
+            transport.close()
+        for connection in list(self._connections):
+            connection.close()
+        self._executor.shutdown(wait=True)
+
+    # ---- messages in ---------------------------------------------------------------------------
+
+    def dispatch(self, message: Any, origin: Origin) -> None:
+        try:
+            received = self.service.receive(message, origin, self.now())
+        except Exception:  # never let one message take the server down
+            log.exception("failed to handle a message from %s", origin.describe())
+            return
+        for outgoing in received.replies:
+            self.send(outgoing)
+        if received.pending is not None:
+            self._queue.append(received.pending)
+            assert self._wakeup is not None
+            self._wakeup.set()
+
+    def send(self, outgoing: Outgoing) -> None:
+        try:
+            outgoing.origin.connection.send(outgoing.data, outgoing.destination)
+        except Exception as error:
+            log.debug("send to %s failed: %s", outgoing.destination, error)
+
+    # ---- group commit -----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        assert self._loop is not None and self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self.config.max_batch]
+                del self._queue[: len(batch)]
+                self._in_flight = len(batch)
+                try:
+                    results = await self._loop.run_in_executor(
+                        self._executor, self.store.process_many, [p.publish for p in batch])
+                except Exception as error:
+                    log.error("compositor failed: %s", error)
+                    results = [StoreUnavailable(str(error))] * len(batch)
+                now = self.now()
+                for pending, result in zip(batch, results):
+                    try:
+                        self.send(self.service.complete(pending, result, now))
+                    except Exception:
+                        log.exception("failed to answer a PUBLISH")
+                self._in_flight = 0
+
+    # ---- timers and connections -----------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = self.now()
+            self.service.tick(now)
+            for connection in list(self._connections):
+                idle = now - connection.last_activity
+                stalled = connection.partial_since is not None and \
+                    now - connection.partial_since > self.config.tcp_read_timeout
+                if idle > self.config.tcp_idle_timeout or stalled:
+                    connection.close()
+
+    def connection_opened(self, connection: TCPProtocol) -> bool:
+        if len(self._connections) >= self.config.max_tcp_connections:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def connection_closed(self, connection: TCPProtocol) -> None:
+        self._connections.discard(connection)
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,0 +1,218 @@
+"""The SIP side of the compositor, without sockets: requests in, responses out.
+
+`SipService.receive()` takes a parsed message (or a parse error) and where it came from,
+runs it through the non-INVITE server transaction table, and either answers it at once
+(OPTIONS, 405, 420, 400, 404, retransmissions) or returns a `PendingPublish` for the
+compositor. The transport runs pending publications in batches (group commit) and hands
+each result to `complete()`, which builds, records and routes the final response.
+Time is always passed in (`now`); nothing here reads a clock or touches a socket.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from domain import CompositorError, PublishRequest
+
+from .error_responses import response_for
+from .parser import ParseError
+from .publish_request import BadPublish, to_publish_request
+from .responses import make_response
+from .routing import Origin, response_port
+from .serializer import serialize
+from .transaction import New, Retransmit, TransactionTable
+
+ALLOWED_METHODS = ("PUBLISH", "OPTIONS")
+ALLOW_HEADER = ", ".join(ALLOWED_METHODS + ("ACK", "CANCEL"))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    allowed_events: tuple[str, ...] = ("presence", "dialog", "message-summary")
+    accepted_types: tuple[str, ...] = ("application/pidf+xml", "application/dialog-info+xml",
+                                       "application/simple-message-summary")
+    domains: tuple[str, ...] = ()  # empty: serve every domain
+    server: str = "esc/0.1"
+    supported: tuple[str, ...] = ()  # option tags we implement (Require check)
+
+
+@dataclass
+class Outgoing:
+    """Bytes to send, and where: the request's origin, at `port` for UDP."""
+
+    data: bytes
+    origin: Origin
+    destination: tuple[str, int]
+
+
+@dataclass
+class PendingPublish:
+    """A PUBLISH waiting for the compositor."""
+
+    request: Any
+    publish: PublishRequest
+    origin: Origin
+    key: Any
+    received_at: float = 0.0
+
+
+@dataclass
+class Received:
+    replies: list[Outgoing] = field(default_factory=list)
+    pending: PendingPublish | None = None
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+class SipService:
+    def __init__(self, config: ServiceConfig = ServiceConfig(),
+                 transactions: TransactionTable | None = None,
+                 tag_factory: Callable[[], str] = _new_tag) -> None:
+        self.config = config
+        self.transactions = transactions or TransactionTable()
+        self.new_tag = tag_factory
+        self.domains = {d.lower().rstrip(".") for d in config.domains}
+        self.stats = {"requests": 0, "retransmissions": 0, "parse_errors": 0, "dropped": 0}
+
+    # ---- in -------------------------------------------------------------------------------
+
+    def receive(self, message: Any, origin: Origin, now: float) -> Received:
+        if isinstance(message, ParseError):
+            return self._parse_error(message, origin)
+        if not hasattr(message, "method"):
+            return Received()  # a response: we are a UAS only, nothing to match it to
+        self.stats["requests"] += 1
+        request = message
+        decision = self.transactions.on_request(request, origin.address, origin.transport, now)
+        if isinstance(decision, Retransmit):
+            self.stats["retransmissions"] += 1
+            return Received([self._route(decision.response, request, origin)])
+        if not isinstance(decision, New):
+            self.stats["retransmissions"] += 1
+            return Received()
+        key = decision.key
+        method = request.method
+        if method == "ACK":
+            return Received()
+        if method != "CANCEL":
+            unsupported = self._unsupported(request)
+            if unsupported:
+                return self._answer(request, origin, key, now, 420, "Bad Extension",
+                                    [("Unsupported", ", ".join(unsupported))])
+        if method == "OPTIONS":
+            return self._answer(request, origin, key, now, 200, "OK", self._capabilities())
+        if method == "PUBLISH":
+            return self._publish(request, origin, key, now)
+        if method == "CANCEL":
+            # We never keep a request pending long enough to cancel (RFC 3261 9.2).
+            return self._answer(request, origin, key, now, 481,
+                                "Call/Transaction Does Not Exist")
+        return self._answer(request, origin, key, now, 405, "Method Not Allowed",
+                            [("Allow", ALLOW_HEADER)])
+
+    def _publish(self, request: Any, origin: Origin, key: Any, now: float) -> Received:
+        if self.domains:
+            host = _uri_host(request)
+            if host is None or host not in self.domains:
+                return self._answer(request, origin, key, now, 404, "Domain Not Served Here")
+        try:
+            publish = to_publish_request(request, origin,
+                                         allowed_events=list(self.config.allowed_events))
+        except BadPublish as error:
+            return self._answer(request, origin, key, now, error.status, error.reason,
+                                error.headers)
+        return Received(pending=PendingPublish(request, publish, origin, key, now))
+
+    # ---- out ------------------------------------------------------------------------------
+
+    def complete(self, pending: PendingPublish, result: Any, now: float) -> Outgoing:
+        """The compositor's answer (Accepted or CompositorError) as the final response."""
+        if isinstance(result, CompositorError):
+            status, reason, headers = response_for(result)
+        else:
+            status, reason = 200, "OK"
+            headers = [("SIP-ETag", result.etag), ("Expires", str(result.expires))]
+        return self._answer(pending.request, pending.origin, pending.key, now, status, reason,
+                            headers).replies[0]
+
+    def _answer(self, request: Any, origin: Origin, key: Any, now: float, status: int,
+                reason: str, headers: list[tuple[str, str]] | None = None) -> Received:
+        self._stamp_via(request, origin)
+        response = make_response(request, status, reason, headers or [],
+                                 to_tag=self.new_tag(), server=self.config.server)
+        data = serialize(response)
+        if key is not None:
+            self.transactions.on_response(key, data, now)
+        return Received([self._route(data, request, origin)])
+
+    def _parse_error(self, error: ParseError, origin: Origin) -> Received:
+        """Answer a malformed request when it can be addressed; drop it otherwise."""
+        self.stats["parse_errors"] += 1
+        partial = getattr(error, "partial", None)
+        if partial is None or not hasattr(partial, "method") or partial.method == "ACK":
+            self.stats["dropped"] += 1
+            return Received()
+        try:
+            self._stamp_via(partial, origin)
+            response = make_response(partial, error.status, error.reason, [],
+                                     to_tag=self.new_tag(), server=self.config.server)
+            return Received([self._route(serialize(response), partial, origin)])
+        except Exception:  # not addressable after all
+            self.stats["dropped"] += 1
+            return Received()
+
+    def _route(self, data: bytes, request: Any, origin: Origin) -> Outgoing:
+        via_port, wants_rport = None, False
+        try:
+            vias = request.vias
+            if vias:
+                via_port = vias[0].port
+                wants_rport = vias[0].rport is not None
+        except Exception:
+            pass
+        return Outgoing(data, origin, (origin.address[0],
+                                       response_port(origin, via_port, wants_rport)))
+
+    @staticmethod
+    def _stamp_via(request: Any, origin: Origin) -> None:
+        """RFC 3261 18.2.1 / RFC 3581: record on the request's top Via (which the response
+        copies) where the request really came from."""
+        try:
+            top = request.top_via
+            if top is None:
+                return
+            host, port = origin.address[0], origin.address[1]
+            changes = {"received": host}
+            if top.rport is not None:
+                changes["rport"] = str(port)
+            request.set_top_via(top.with_params(changes))
+        except Exception:
+            return
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        headers = [("Allow", ALLOW_HEADER),
+                   ("Allow-Events", ", ".join(self.config.allowed_events)),
+                   ("Accept", ", ".join(self.config.accepted_types)),
+                   ("Supported", ", ".join(self.config.supported))]
+        return headers
+
+    def _unsupported(self, request: Any) -> list[str]:
+        required = [tag.strip() for tag in request.headers.get_all("Require") if tag.strip()]
+        supported = {s.lower() for s in self.config.supported}
+        return [tag for tag in required if tag.lower() not in supported]
+
+    def tick(self, now: float) -> None:
+        self.transactions.expire(now)
+
+
+def _uri_host(request: Any) -> str | None:
+    try:
+        return request.parsed_uri.host.lower().rstrip(".")
+    except Exception:
+        return None

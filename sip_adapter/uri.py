@@ -1,0 +1,190 @@
+"""SIP and SIPS URIs (RFC 3261 19.1) and other absolute URIs, and the address of record.
+
+`parse_uri` accepts what may appear as a Request-URI or inside a name-addr: a SIP/SIPS URI,
+which must match the RFC 3261 grammar, or any other scheme, which only has to be an RFC 2396
+absoluteURI (RFC 3261 19.1.1 leaves those to their own specifications). Everything here raises
+`ParseError` (status 400, or 416 from `parse_sip_uri` for another scheme) and nothing else.
+
+Parsed URIs are immutable and memoised: the same few AORs recur in every message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Mapping
+from urllib.parse import unquote, unquote_to_bytes
+
+from . import abnf
+from .limits import ParseError
+
+__all__ = ["SipUri", "AbsoluteUri", "parse_uri", "parse_sip_uri", "aor", "canonical_user"]
+
+_EMPTY: Mapping[str, str | None] = MappingProxyType({})
+
+# Characters that may stand unescaped in the user part (unreserved / user-unreserved): the
+# canonical form of a user escapes exactly the others, with upper-case hex.
+_USER_SAFE = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/"
+)
+
+
+def _unescape(text: str) -> str:
+    # Escapes may encode any octet; bytes that are not UTF-8 survive as surrogates.
+    return unquote(text, encoding="utf-8", errors="surrogateescape") if "%" in text else text
+
+
+def canonical_user(user: str) -> str:
+    """The user part with %XX escapes normalised (RFC 3261 19.1.4: an escape of a character
+    that may stand unescaped is the same as the character). `%75se%72` -> `user`,
+    `null-%00-null` stays (RFC 4475 3.1.1.4: never shorten a user at an escaped NUL)."""
+    if "%" not in user:
+        return user
+    return "".join(
+        chr(b) if b in _USER_SAFE else f"%{b:02X}" for b in unquote_to_bytes(user)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """A sip: or sips: URI.
+
+    scheme: "sip" or "sips" (lower-cased). user, password: as written (escaped), or None.
+    host: lower-cased (hosts compare case-insensitively). port: int or None.
+    params: uri-parameters, names lower-cased, names and values unescaped; None for a
+        parameter without a value (";lr"). headers: (hname, hvalue) pairs, unescaped.
+    raw: the URI exactly as written; str(uri) gives it back.
+    """
+
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    params: Mapping[str, str | None] = field(compare=False)
+    headers: tuple[tuple[str, str], ...] = field(compare=False)
+    raw: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.raw
+
+    @property
+    def unescaped_user(self) -> str | None:
+        """The user part with every %XX escape decoded (may contain NUL, "@", ";")."""
+        return None if self.user is None else _unescape(self.user)
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    @property
+    def aor(self) -> str:
+        """scheme:user@host - user case-sensitive with escapes normalised, host lower-cased,
+        no password, port, parameters or headers."""
+        if self.user is None:
+            return f"{self.scheme}:{self.host}"
+        return f"{self.scheme}:{canonical_user(self.user)}@{self.host}"
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteUri:
+    """A URI of any other scheme (tel:, pres:, im:, http:, ...), kept opaque.
+
+    scheme: lower-cased. rest: everything after the first ":" as written.
+    """
+
+    scheme: str
+    rest: str
+    raw: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.raw
+
+    @property
+    def aor(self) -> str:
+        """scheme:rest lower-cased, without ";" parameters or "?" headers."""
+        rest = self.rest
+        for sep in ";?":
+            cut = rest.find(sep)
+            if cut >= 0:
+                rest = rest[:cut]
+        return f"{self.scheme}:{rest.lower()}"
+
+
+def _bad(what: str = "Malformed URI") -> ParseError:
+    return ParseError(400, what)
+
+
+def parse_uri(text: str) -> SipUri | AbsoluteUri:
+    """Parse a SIP/SIPS URI strictly, or any other absoluteURI loosely. Raises ParseError(400)."""
+    if type(text) is not str:
+        if not isinstance(text, str):
+            raise _bad()
+        text = str(text)
+    return _parse_uri(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_uri(text: str) -> SipUri | AbsoluteUri:
+    prefix = abnf.SCHEME_PREFIX_RE.match(text)
+    if prefix is None:
+        raise _bad()
+    scheme = prefix.group(1).lower()
+    if scheme != "sip" and scheme != "sips":
+        m = abnf.ABSOLUTE_URI_RE.fullmatch(text)
+        if m is None:
+            raise _bad()
+        return AbsoluteUri(scheme, m.group("rest"), text)
+    m = abnf.SIP_URI_RE.fullmatch(text)
+    if m is None:
+        raise _bad()
+    host = m.group("host").lower()
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise _bad() from None
+    port_text = m.group("port")
+    port = None
+    if port_text is not None:
+        if len(port_text) > 5 or int(port_text) > 65535:
+            raise _bad()
+        port = int(port_text)
+    params_text = m.group("params")
+    params: Mapping[str, str | None] = _EMPTY
+    if params_text:
+        found: dict[str, str | None] = {}
+        for pm in abnf.URI_PARAM_RE.finditer(params_text):
+            name = _unescape(pm.group(1)).lower()
+            if name not in found:
+                value = pm.group(2)
+                found[name] = None if value is None else _unescape(value)
+        params = MappingProxyType(found)
+    headers_text = m.group("headers")
+    headers: tuple[tuple[str, str], ...] = ()
+    if headers_text:
+        pairs = []
+        for item in headers_text.split("&"):
+            hname, _, hvalue = item.partition("=")
+            pairs.append((_unescape(hname), _unescape(hvalue)))
+        headers = tuple(pairs)
+    return SipUri(
+        scheme, m.group("user"), m.group("password"), host, port, params, headers, text
+    )
+
+
+def parse_sip_uri(text: str) -> SipUri:
+    """Parse a URI that must be sip: or sips:. Other schemes: ParseError(416); bad: 400."""
+    uri = parse_uri(text)
+    if isinstance(uri, SipUri):
+        return uri
+    raise ParseError(416, "Unsupported URI Scheme")
+
+
+def aor(text: str) -> str:
+    """The address of record of a URI: for sip/sips `scheme:user@host` (see SipUri.aor), for
+    other schemes `scheme:rest` lower-cased without parameters. Raises ParseError(400)."""
+    return parse_uri(text).aor
