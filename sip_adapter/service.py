@@ -26,6 +26,9 @@ from .transaction import New, Retransmit, TransactionTable
 
 ALLOWED_METHODS = ("PUBLISH", "OPTIONS")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS + ("ACK", "CANCEL"))
+#: Methods defined by RFC 3261 and its extensions that we recognise but do not serve (405).
+KNOWN_METHODS = frozenset({"INVITE", "BYE", "REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE",
+                           "INFO", "PRACK", "UPDATE", "REFER"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,11 @@ class SipService:
             # We never keep a request pending long enough to cancel (RFC 3261 9.2).
             return self._answer(request, origin, key, now, 481,
                                 "Call/Transaction Does Not Exist")
-        return self._answer(request, origin, key, now, 405, "Method Not Allowed",
+        if method in KNOWN_METHODS:
+            return self._answer(request, origin, key, now, 405, "Method Not Allowed",
+                                [("Allow", ALLOW_HEADER)])
+        # RFC 3261 21.5.2: a method we do not recognise at all is 501, with Allow.
+        return self._answer(request, origin, key, now, 501, "Not Implemented",
                             [("Allow", ALLOW_HEADER)])
 
     def _publish(self, request: Any, origin: Origin, key: Any, now: float) -> Received:
