@@ -131,6 +131,36 @@ def cpu_ticks(pids: list[int], root: int | None) -> int:
     return total
 
 
+def system_busy_ticks() -> int:
+    """Busy CPU ticks of the whole machine (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
+    return sum(f[:8]) - idle
+
+
+def own_and_children_cpu_s() -> tuple[float, float]:
+    import resource
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
+def wait_idle(max_wait: float, threshold: float) -> dict:
+    """Wait until the machine's busy CPU over 1 s is below `threshold` (fraction of one
+    CPU), at most `max_wait` seconds. Other jobs on the machine skew every figure."""
+    t0 = time.monotonic()
+    busy = None
+    while True:
+        b0 = system_busy_ticks()
+        time.sleep(1.0)
+        busy = (system_busy_ticks() - b0) / CLK_TCK
+        if busy < threshold or time.monotonic() - t0 >= max_wait:
+            break
+    return {"waited_s": round(time.monotonic() - t0, 1), "busy_cpu": round(busy, 2),
+            "idle": busy < threshold}
+
+
 def _status_kb(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -376,7 +406,8 @@ class EscServer(Server):
 
 
 class KamailioServer(Server):
-    def __init__(self, port, transport, step_dir, peers: Path, mode: str):
+    def __init__(self, port, transport, step_dir, peers: Path, mode: str,
+                 children: int | None = None):
         super().__init__(port, transport, step_dir)
         self.run_sh = peers / "kamailio" / "run.sh"
         self.mode = mode
@@ -387,6 +418,8 @@ class KamailioServer(Server):
             self.env["JOURNAL"] = "WAL"
         else:
             self.env.pop("JOURNAL", None)
+        if children:
+            self.env["CHILDREN"] = str(children)
         self._pids: list[int] = []
 
     def _run(self, action: str, timeout: float) -> subprocess.CompletedProcess:
@@ -570,7 +603,7 @@ def make_server(args, name: str, transport: str, step_dir: Path) -> Server:
     if name == "esc":
         return EscServer(args.port, transport, step_dir, args.esc_cmd)
     return KamailioServer(KAMAILIO_PORT, transport, step_dir, args.peers,
-                          name.split("-", 1)[1])
+                          name.split("-", 1)[1], args.kamailio_children)
 
 
 RTT_FREQ = 1000  # SIPp -rtt_freq; SIPp 3.6 drops the last partial batch at exit
@@ -607,6 +640,12 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
         step["passed"] = False
         return step
 
+    if args.idle_wait > 0:
+        step["idle_wait"] = wait_idle(args.idle_wait, args.idle_cpu)
+        if not step["idle_wait"]["idle"]:
+            log(f"  machine not idle after {args.idle_wait:.0f} s "
+                f"(busy {step['idle_wait']['busy_cpu']} CPU): measuring anyway")
+    step["loadavg_before"] = open("/proc/loadavg").read().split()[:3]
     server = make_server(args, name, transport, step_dir)
     sampler = None
     try:
@@ -624,9 +663,11 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
         sampler.sample()
         sampler.start()
         timeout_s = int(expected_s * args.timeout_factor + 30)
+        busy0, (self0, child0), wall0 = system_busy_ticks(), own_and_children_cpu_s(), time.monotonic()
         sipp = run_sipp(args, step_dir, transport, port, call_rate, calls, rtt_freq, timeout_s)
         pids1 = server.pids()
         cpu1 = cpu_ticks(pids1, server.root)
+        busy1, (self1, child1), wall1 = system_busy_ticks(), own_and_children_cpu_s(), time.monotonic()
         sampler.stop()
         sampler.sample()
         hwm_kb = sum(_status_kb(p, "VmHWM") for p in pids1)
@@ -683,6 +724,18 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
         "processes": len(pids1),
         "alive_at_end": server_alive,
     }
+    # CPU of everything else on the machine during the step (other jobs skew results)
+    machine_cpu = (busy1 - busy0) / CLK_TCK
+    sipp_cpu = child1 - child0
+    other = machine_cpu - cpu_s - sipp_cpu - (self1 - self0)
+    wall = max(wall1 - wall0, 1e-6)
+    step["cpu_share"] = {  # in CPUs (1.0 = one core busy for the whole step)
+        "server": round(cpu_s / wall, 2), "sipp": round(sipp_cpu / wall, 2),
+        "harness": round((self1 - self0) / wall, 2), "other": round(max(other, 0) / wall, 2),
+        "machine": round(machine_cpu / wall, 2)}
+    if other / wall > args.noise_cpu:
+        step.setdefault("warnings", []).append(
+            f"noisy machine: other processes used {other / wall:.2f} CPU during the step")
     if not args.keep_raw:
         for f in rtt_files:
             f.unlink()
@@ -921,6 +974,7 @@ def benchmark(args) -> int:
             "p99_ms": args.p99_ms, "min_achieved_ratio": args.min_achieved,
             "scenario": str(args.scenario), "scenario_sha256": sha256(args.scenario),
             "peers": str(args.peers), "esc_cmd": args.esc_cmd, "esc_port": args.port,
+            "kamailio_children": args.kamailio_children,
             "kamailio_port": KAMAILIO_PORT, "smoke": args.smoke,
             "netns": bool(os.environ.get(NETNS_ENV)),
         },
@@ -961,7 +1015,8 @@ def benchmark(args) -> int:
                             f"{step.get('achieved_publish_per_s')} PUBLISH/s "
                             f"p50={rt.get('p50')} p99={rt.get('p99')} mean={rt.get('mean')} ms "
                             f"cpu={sv.get('cpu_us_per_publish')} us/PUB "
-                            f"rss={sv.get('peak_rss_mb')} pss={sv.get('peak_pss_mb')} MB"
+                            f"rss={sv.get('peak_rss_mb')} pss={sv.get('peak_pss_mb')} MB "
+                            f"cpu share={step.get('cpu_share')}"
                             + ("" if step["passed"] else f"  [{'; '.join(step['failures'])}]"))
                         write_results(out, doc)
                         if not step["passed"]:
@@ -1038,10 +1093,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5070, help="port of our server (udp+tcp)")
     p.add_argument("--peers", type=Path, default=DEFAULT_PEERS,
                    help="peers directory (kamailio/run.sh, sipp/)")
+    p.add_argument("--kamailio-children", type=int, default=None,
+                   help="CHILDREN for run.sh (UDP workers and TCP readers; run.sh default 2)")
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help="SIPp scenario")
     p.add_argument("--sipp", default=shutil.which("sipp") or "sipp", help="sipp binary")
     p.add_argument("--sipp-args", default="",
                    help="extra SIPp options appended to every SIPp command line")
+    p.add_argument("--idle-wait", type=float, default=60.0,
+                   help="before each step wait up to this many seconds for the machine to be idle")
+    p.add_argument("--idle-cpu", type=float, default=0.15,
+                   help="'idle' = machine busy CPU below this (in CPUs) over 1 s")
+    p.add_argument("--noise-cpu", type=float, default=0.10,
+                   help="warn when other processes use more than this (in CPUs) during a step")
     p.add_argument("--ready-timeout", type=float, default=20.0,
                    help="seconds to wait for a server to answer OPTIONS")
     p.add_argument("--timeout-factor", type=float, default=2.0,
@@ -1094,6 +1157,7 @@ def finalize_args(p: argparse.ArgumentParser, args) -> None:
         args.repeat = 1
         args.timeout_factor = 2.0
         args.time_limit = min(args.time_limit, 5)
+        args.idle_wait = 0
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.esc_cmd is None:

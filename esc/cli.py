@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, NoReturn, Sequence
 
+from domain import InvalidResource
 from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
 
 from .bootstrap import open_compositor
@@ -233,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"esc {args.command}: {error}", file=sys.stderr)
         return error.code
+    except InvalidResource as error:  # a bad AOR argument is a usage error, not the store's
+        print(f"esc {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

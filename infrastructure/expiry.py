@@ -38,9 +38,11 @@ class ExpiryScheduler:
             try:
                 self.expired += self.compositor.expire_due()
                 self.compositor.catch_up()  # see other processes' / nodes' writes
-            except Exception as error:  # the store may be down: keep trying
+                delay = self._delay()
+            except Exception as error:  # the store may be down: keep trying, not spinning
                 log.warning("expiry pass failed: %s", error)
-            self._stop.wait(self._delay())
+                delay = self.interval
+            self._stop.wait(delay)
 
     def _delay(self) -> float:
         try:

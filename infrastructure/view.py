@@ -167,12 +167,16 @@ class CurrentStateView:
         elif isinstance(e, (Publication.Removed, Publication.Expired)):
             conn.execute("DELETE FROM publications WHERE id = ?", [pid])
 
-    def reset(self) -> None:
-        """Forget everything (the store was cleared, or a rebuild starts)."""
+    def reset(self, *, consumers: bool = True) -> None:
+        """Forget the projection (a rebuild starts) and, unless `consumers` is false, the
+        change-feed consumers' positions too (the store was cleared: positions restart)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM publications")
             conn.execute("DELETE FROM resources")
-            conn.execute("DELETE FROM tracking")
+            if consumers:
+                conn.execute("DELETE FROM tracking")
+            else:
+                conn.execute("DELETE FROM tracking WHERE name = ?", [VIEW])
 
     # ---- queries ---------------------------------------------------------------------------
 

@@ -247,30 +247,24 @@ rfc1123_date = (
 )
 
 
-# --- Compiled ---------------------------------------------------------------------------------
+# --- Compiled (the callers use fullmatch unless noted) ---------------------------------------
 
-def _full(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-TOKEN_RE = _full(token)
-METHOD_RE = _full(Method)
-HEADER_NAME_RE = _full(header_name)
-SIP_VERSION_RE = _full(SIP_Version)
-STATUS_CODE_RE = _full(Status_Code)
-REASON_PHRASE_RE = _full(Reason_Phrase)
-SIP_URI_RE = _full(SIP_URI)
-ABSOLUTE_URI_RE = _full(absoluteURI)
-SCHEME_PREFIX_RE = re.compile(rf"({scheme}):")
-URI_PARAM_RE = re.compile(rf";({paramchar}++)(?:=({paramchar}++))?")
-VIA_PARM_RE = _full(via_parm)
-NAME_ADDR_RE = _full(name_addr_or_spec)
-GENERIC_PARAM_RE = re.compile(rf"{SEMI}({token})(?:{EQUAL}({gen_value}))?")
-CSEQ_RE = _full(CSeq)
-CALLID_RE = _full(callid)
-DIGITS_RE = _full(digits)
-MEDIA_TYPE_RE = _full(media_type)
-DATE_RE = _full(rfc1123_date)
-QUOTED_PAIR_RE = re.compile(r"\\([\x00-\x7f])")
-ESCAPED_RE = re.compile(escaped)
-IPV4_RE = _full(IPv4address)
+TOKEN_RE = re.compile(token)
+METHOD_RE = re.compile(Method)
+HEADER_NAME_RE = re.compile(header_name)
+SIP_VERSION_RE = re.compile(SIP_Version)
+STATUS_CODE_RE = re.compile(Status_Code)
+REASON_PHRASE_RE = re.compile(Reason_Phrase)
+SIP_URI_RE = re.compile(SIP_URI)
+ABSOLUTE_URI_RE = re.compile(absoluteURI)
+SCHEME_PREFIX_RE = re.compile(rf"({scheme}):")  # match
+URI_PARAM_RE = re.compile(rf";({paramchar}++)(?:=({paramchar}++))?")  # finditer
+VIA_PARM_RE = re.compile(via_parm)
+NAME_ADDR_RE = re.compile(name_addr_or_spec)
+GENERIC_PARAM_RE = re.compile(rf"{SEMI}({token})(?:{EQUAL}({gen_value}))?")  # findall
+CSEQ_RE = re.compile(CSeq)
+CALLID_RE = re.compile(callid)
+DIGITS_RE = re.compile(digits)
+MEDIA_TYPE_RE = re.compile(media_type)
+DATE_RE = re.compile(rfc1123_date)
+QUOTED_PAIR_RE = re.compile(r"\\([\x00-\x7f])")  # sub: unescape a quoted-string's content

@@ -46,7 +46,8 @@ class StreamFramer:
 
     @property
     def buffered(self) -> int:
-        """Bytes held back waiting for the rest of a message."""
+        """Bytes held back waiting for the rest of a message (once a header section has been
+        scanned, only its body bytes so far)."""
         return len(self._buf)
 
     def take_pings(self) -> int:

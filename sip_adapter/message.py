@@ -13,6 +13,8 @@ headers change; the parser fills the cache with what it had to validate anyway.
 
 from __future__ import annotations
 
+import ipaddress
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
@@ -299,8 +301,13 @@ def bounded_int(digits: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
+_GENERIC_PARAMS_FINDALL = abnf.GENERIC_PARAM_RE.findall
+_VIA_FULLMATCH = abnf.VIA_PARM_RE.fullmatch
+
+
 def _params(text: str) -> list[tuple[str, str | None]]:
-    return [(m.group(1), m.group(2)) for m in abnf.GENERIC_PARAM_RE.finditer(text)]
+    # gen-value is never empty, so findall's "" for an absent value means "no value"
+    return [(name, value or None) for name, value in _GENERIC_PARAMS_FINDALL(text)]
 
 
 def _params_dict(pairs: list[tuple[str, str | None]]) -> dict[str, str | None]:
@@ -334,26 +341,27 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        m = abnf.VIA_PARM_RE.fullmatch(text)
+        """Raises ParseError(400)."""
+        m = _VIA_FULLMATCH(text)
         if m is None:
             raise ParseError(400, "Malformed Via header field")
-        host = m.group("host")
+        name, version, transport, host, port_text, params_text = m.groups()
         if host[0] == "[":
             _check_ipv6(host, "Malformed Via header field")
-        port_text = m.group("port")
         port = None
         if port_text is not None:
             port = bounded_int(port_text, 65535)
             if port is None:
                 raise ParseError(400, "Malformed Via header field")
-        return cls(
-            f"{m.group('protocol')}/{m.group('version')}",
-            m.group("transport").upper(),
-            host,
-            port,
-            m.group("params"),
-            text,
-        )
+        via = cls.__new__(cls)
+        via.protocol = f"{name}/{version}"
+        via.transport = transport.upper()
+        via.host = host
+        via.port = port
+        via._params_text = params_text
+        via._params = None
+        via.raw = text
+        return via
 
     @property
     def params(self) -> Mapping[str, str | None]:
@@ -430,8 +438,6 @@ class Via:
 
 
 def _check_ipv6(host: str, reason: str) -> None:
-    import ipaddress
-
     try:
         ipaddress.IPv6Address(host[1:-1])
     except ValueError:
@@ -465,7 +471,13 @@ class NameAddr(NamedTuple):
 
     @classmethod
     def parse(cls, text: str, *, brackets_required: bool = False) -> NameAddr:
-        """Raises ParseError(400)."""
+        """Raises ParseError(400). Memoised: To and From values recur."""
+        if type(text) is not str:
+            raise ParseError(400, "Malformed name-addr")
+        return _parse_name_addr(text, brackets_required)
+
+    @classmethod
+    def _parse(cls, text: str, brackets_required: bool) -> NameAddr:
         m = _NAME_ADDR_FULLMATCH(text)
         if m is None:
             raise ParseError(400, "Malformed name-addr")
@@ -497,6 +509,7 @@ class NameAddr(NamedTuple):
 
 
 _NAME_ADDR_FULLMATCH = abnf.NAME_ADDR_RE.fullmatch
+_parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)
 _NO_PARAMS: Mapping[str, str | None] = MappingProxyType({})
 
 

@@ -68,10 +68,6 @@ class _Head:
         self.index = index
 
 
-# One header line (after unfolding): name, optional WSP, colon, value without the WSP around
-# it (HCOLON  =  *( SP / HTAB ) ":" SWS). Lines without a colon do not match, which the
-# caller detects by counting.
-_FIELD_RE = re.compile(r"^([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r|\Z)", re.M)
 # LWS  =  [*WSP CRLF] 1*WSP: a folded line break and the whitespace around it become one SP.
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]++")
 
@@ -79,40 +75,51 @@ _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]++")
 def _scan_head(data: bytes | bytearray, start: int, end: int, limits: Limits) -> _Head:
     """Decode data[start:end] (start line and header lines, without the final CRLFCRLF) into
     a start line and unfolded, name-canonicalised header fields."""
+    # (str methods, not one big regex: on CPython split/partition/strip are several times
+    # faster than a findall doing the same work.)
     text = data[start:end].decode("utf-8", "surrogateescape")
-    breaks = text.count("\r\n")
-    if text.count("\n") != breaks or text.count("\r") != breaks:
-        raise ParseError(400, "Bare CR or LF in header section")
     start_line, _, rest = text.partition("\r\n")
     if not start_line:
         raise ParseError(400, "Empty start line")
     if not rest:
+        if "\r" in start_line or "\n" in start_line:
+            raise ParseError(400, "Bare CR or LF in header section")
         return _Head(start_line, Headers._trusted([], {}), {})
     if rest[0] == " " or rest[0] == "\t":
         raise ParseError(400, "Continuation line before the first header field")
     if "\r\n " in rest or "\r\n\t" in rest:
         rest = _FOLD_RE.sub(" ", rest)
-    n_lines = rest.count("\r\n") + 1
-    if n_lines > limits.max_headers:
+    lines = rest.split("\r\n")
+    breaks = len(lines) - 1
+    if (
+        rest.count("\r") != breaks
+        or rest.count("\n") != breaks
+        or "\r" in start_line
+        or "\n" in start_line
+    ):
+        raise ParseError(400, "Bare CR or LF in header section")
+    if len(lines) > limits.max_headers:
         raise ParseError(413, "Too many header fields")
     max_len = limits.max_header_length
-    if len(rest) > max_len and any(len(line) > max_len for line in rest.split("\r\n")):
+    if len(rest) > max_len and any(len(line) > max_len for line in lines):
         raise ParseError(413, "Header field too long")
-    found = _FIELD_RE.findall(rest)
-    if len(found) != n_lines:
-        raise ParseError(400, "Malformed header field")
     fields: list[tuple[str, str]] = []
     index: dict[str, list[str]] = {}
     names = _NAMES_ANY_CASE
-    for name, value in found:
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ParseError(400, "Malformed header field")
         known = names.get(name)
         if known is None:
-            known = names.get(name.lower())
+            name = name.rstrip(" \t")
+            known = names.get(name) or names.get(name.lower())
             if known is None:
                 if _HEADER_NAME_RE.fullmatch(name) is None:
                     raise ParseError(400, "Malformed header field name")
                 known = (name, name.lower())
         name, key = known
+        value = value.strip(" \t")
         fields.append((name, value))
         bucket = index.get(key)
         if bucket is None:

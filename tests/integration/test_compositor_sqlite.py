@@ -14,6 +14,7 @@ from itertools import count
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import OperationalError
 
 import infrastructure.compositor as compositor_module
 from domain import (ConditionalRequestFailed, PublishRequest, StoreUnavailable, compose_etag,
@@ -185,14 +186,14 @@ def test_find_and_if_match_are_strongly_consistent_across_compositors(open_compo
 # ---- group commit ----------------------------------------------------------------------------------
 
 class CountingCompositor(Compositor):
-    """Counts the store transactions (one `save` is one transaction)."""
+    """Counts the store transactions (one `_save` is one `events.put`: one transaction)."""
 
     def __init__(self, *args, **kwargs):
         self.saves: list[int] = []
         super().__init__(*args, **kwargs)
 
-    def save(self, *objs, **kwargs):
-        recordings = super().save(*objs, **kwargs)
+    def _save(self, aggregates):
+        recordings = super()._save(aggregates)
         self.saves.append(len(recordings))
         return recordings
 
@@ -342,6 +343,37 @@ def test_a_publication_refreshed_hundreds_of_times_loads_from_its_snapshot(
     nxt = c.publish(ALICE, "presence", if_match=tag, now=NOW + 322).etag
     assert c.find(ALICE, nxt, now=NOW + 322).version == 322
     assert len(c.history(ALICE)) == 322
+
+
+class FailingInserts:
+    """A recorder whose writes fail (the disk is full), reads pass through."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def insert_events(self, *args, **kwargs):
+        raise OperationalError("database or disk is full")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_failed_snapshot_write_does_not_fail_a_durable_change(open_compositor, store_url,
+                                                                pidf):
+    c = open_compositor(store_url)
+    tag = c.publish(ALICE, "presence", body=pidf(), content_type=PIDF, now=NOW).etag
+    for i in range(1, SNAPSHOT_INTERVAL - 1):
+        tag = c.publish(ALICE, "presence", if_match=tag, now=NOW + i).etag
+    snapshots = c.snapshots.recorder
+    c.snapshots.recorder = FailingInserts(snapshots)
+    # this refresh makes version SNAPSHOT_INTERVAL: its events commit, its snapshot cannot
+    accepted = c.publish(ALICE, "presence", if_match=tag, now=NOW + 100)
+    assert c.find(ALICE, accepted.etag, now=NOW + 100).version == SNAPSHOT_INTERVAL
+    c.snapshots.recorder = snapshots
+    assert stored_rows(store_url, "SELECT COUNT(*) FROM stored_snapshots") == [(0,)]
+    fresh = open_compositor(store_url)
+    assert fresh.find(ALICE, accepted.etag, now=NOW + 101).version == SNAPSHOT_INTERVAL
+    assert fresh.verify()[2] == []
 
 
 # ---- NkSIP's own example (nksip_event_compositor test), with RFC 3903's tags --------------------------

@@ -43,7 +43,7 @@ def main(url: str, mode: str) -> None:
 
     c.process_many([
         PublishRequest("sip:carol@example.com", "presence", PIDF, TYPE, 3600),
-        PublishRequest("sip:bob@example.com", "presence", None, None, 7200, bob),
+        PublishRequest("sip:bob@example.com", "presence", None, None, 1800, bob),
         PublishRequest("sip:dave@example.com", "presence", PIDF, TYPE, 3600),
     ], now=NOW + 3)
     raise SystemExit("the projection ran: the crash was not simulated")

@@ -7,7 +7,7 @@ Commands:
     {"op": "refresh", "aor": A, "etag": X, "now": T}            -> {"etag": ...} | {"status": 412}
     {"op": "find", "aor": A, "etag": X, "now": T}               -> {"found": bool}
     {"op": "bulk", "prefix": P, "n": N, "now": T}               -> {"tags": {aor: etag},
-                                                                    "replaced": [old tags]}
+                                                                    "replaced": [[aor, old tag]]}
         (N initial publications, each then refreshed twice, as fast as possible)
     {"op": "expire_due", "now": T}                              -> {"expired": n}
     {"op": "quit"}
@@ -41,7 +41,7 @@ def handle(c: Compositor, cmd: dict) -> dict:
             tag = c.publish(aor, "presence", body=PIDF, content_type=TYPE, expires=3600,
                             now=cmd["now"]).etag
             for _ in range(2):
-                replaced.append(tag)
+                replaced.append([aor, tag])
                 tag = c.publish(aor, "presence", if_match=tag, expires=3600,
                                 now=cmd["now"] + 1).etag
             tags[aor] = tag
