@@ -188,7 +188,14 @@ class Compositor(Application):
         now = self.now(now)
         with self._write_lock:
             for _ in range(5):
-                results, touched = self._decide_all(requests, now)
+                touched: dict[UUID, Publication] = {}
+                try:
+                    results = self._decide_all(requests, now, touched)
+                except Exception as error:  # loading from the store failed
+                    self._evict(touched)
+                    log.error("event store read failed: %s", error)
+                    failure = StoreUnavailable(f"event store unavailable: {error}")
+                    return [failure] * len(requests)
                 if not touched:
                     return results
                 try:
@@ -208,16 +215,17 @@ class Compositor(Application):
             failure = StoreUnavailable("too many concurrent writes to the same publications")
             return [failure] * len(requests)
 
-    def _decide_all(self, requests: Sequence[PublishRequest], now: float
-                    ) -> tuple[list[Result], dict[UUID, Publication]]:
-        touched: dict[UUID, Publication] = {}
+    def _decide_all(self, requests: Sequence[PublishRequest], now: float,
+                    touched: dict[UUID, Publication]) -> list[Result]:
+        """Decide each request in order, collecting the aggregates they change in
+        `touched` (filled in place, so a failure part-way can still evict them)."""
         results: list[Result] = []
         for request in requests:
             try:
                 results.append(self._decide(request, now, touched))
             except CompositorError as refusal:
                 results.append(refusal)
-        return results, touched
+        return results
 
     def _decide(self, request: PublishRequest, now: float,
                 touched: dict[UUID, Publication]) -> Accepted:

@@ -104,7 +104,12 @@ class _Entry:
 
 class TransactionTable:
     def __init__(self, t1: float = 0.5, max_entries: int = 100_000,
-                 proceeding_timeout: float | None = None) -> None:
+                 proceeding_timeout: float | None = None, linger_reliable: bool = True) -> None:
+        # RFC 3261 sets Timer J to 0 on reliable transports, as clients do not retransmit
+        # there. A client that reconnects and resends after losing a connection does,
+        # though; keeping the answer for 64*T1 on every transport means such a resend is
+        # answered from the table and never reaches the store twice (DESIGN decision 5).
+        self.linger_reliable = linger_reliable
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.t1 = t1
@@ -167,7 +172,7 @@ class TransactionTable:
         elif entry.response is not None:
             return  # one final response per transaction
         self._proceeding.pop(key, None)
-        if entry.reliable:
+        if entry.reliable and not self.linger_reliable:
             self._drop(key)
             return
         entry.response = response

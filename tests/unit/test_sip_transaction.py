@@ -111,12 +111,21 @@ def test_timer_j_scales_with_t1():
 
 
 @pytest.mark.parametrize("transport", ["TCP", "tls", "SCTP", "WS", "WSS"])
-def test_reliable_transport_drops_at_once(transport):
-    table = TransactionTable()
+def test_reliable_transport_drops_at_once_when_asked(transport):
+    table = TransactionTable(linger_reliable=False)
     key = new_key(table.on_request(request(), SRC, transport, 0.0))
     assert table.on_request(request(), SRC, transport, 0.1) is ABSORB
     table.on_response(key, b"resp", 0.2)
     assert len(table) == 0 and table.next_deadline() is None
+
+
+@pytest.mark.parametrize("transport", ["TCP", "tls"])
+def test_reliable_transport_lingers_by_default_so_a_resend_is_answered(transport):
+    table = TransactionTable(t1=0.5)
+    key = new_key(table.on_request(request(), SRC, transport, 0.0))
+    table.on_response(key, b"resp", 0.2)
+    assert table.on_request(request(), SRC, transport, 5.0) == Retransmit(b"resp")
+    assert table.expire(0.2 + 32.0) == 1 and len(table) == 0
 
 
 def test_proceeding_entries_time_out():
