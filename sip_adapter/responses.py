@@ -104,3 +104,54 @@ def _lacks_tag(value: str) -> bool:
         return NameAddr.parse(value).tag is None
     except ParseError:
         return False  # unreadable To (partial request): copy it untouched
+
+
+def render_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    to_tag: str,
+    server: str | None = "esc",
+) -> bytes:
+    """`serialize(make_response(...))` for a body-less response, written straight to bytes.
+
+    This is the server's hot path (every PUBLISH is answered through it), so it skips the
+    intermediate Headers object; `tests/unit/test_sip_responses.py` holds it to the same
+    output as the general path."""
+    if not 100 <= status <= 699:
+        raise ValueError(f"status {status} out of range")
+    source = request.headers
+    lines = [f"SIP/2.0 {status} {reason if reason is not None else reason_phrase(status)}"]
+    lines.extend(f"Via: {value}" for value in source.lines("Via"))
+    from_value = source.get("From")
+    if from_value is not None:
+        lines.append(f"From: {from_value}")
+    to_value = source.get("To")
+    if to_value is not None:
+        if status != 100:
+            try:
+                parsed = request.to
+                lacks = parsed is not None and parsed.tag is None
+            except ParseError:
+                lacks = False
+            if lacks:
+                to_value = f"{to_value};tag={to_tag}"
+        lines.append(f"To: {to_value}")
+    for name in ("Call-ID", "CSeq"):
+        value = source.get(name)
+        if value is not None:
+            lines.append(f"{name}: {value}")
+    if status == 100:
+        timestamp = source.get("Timestamp")
+        if timestamp is not None:
+            lines.append(f"Timestamp: {timestamp}")
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError("CR or LF inside a header field")
+        lines.append(f"{name}: {value}")
+    if server:
+        lines.append(f"Server: {server}")
+    lines.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -19,9 +19,8 @@ from domain import CompositorError, PublishRequest
 from .error_responses import response_for
 from .parser import ParseError
 from .publish_request import BadPublish, to_publish_request
-from .responses import make_response
+from .responses import render_response
 from .routing import Origin, response_port
-from .serializer import serialize
 from .transaction import New, Retransmit, TransactionTable
 
 ALLOWED_METHODS = ("PUBLISH", "OPTIONS")
@@ -149,9 +148,8 @@ class SipService:
     def _answer(self, request: Any, origin: Origin, key: Any, now: float, status: int,
                 reason: str, headers: list[tuple[str, str]] | None = None) -> Received:
         self._stamp_via(request, origin)
-        response = make_response(request, status, reason, headers or [],
-                                 to_tag=self.new_tag(), server=self.config.server)
-        data = serialize(response)
+        data = render_response(request, status, reason, headers or (),
+                               to_tag=self.new_tag(), server=self.config.server)
         if key is not None:
             self.transactions.on_response(key, data, now)
         return Received([self._route(data, request, origin)])
@@ -165,9 +163,9 @@ class SipService:
             return Received()
         try:
             self._stamp_via(partial, origin)
-            response = make_response(partial, error.status, error.reason, [],
-                                     to_tag=self.new_tag(), server=self.config.server)
-            return Received([self._route(serialize(response), partial, origin)])
+            data = render_response(partial, error.status, error.reason,
+                                   to_tag=self.new_tag(), server=self.config.server)
+            return Received([self._route(data, partial, origin)])
         except Exception:  # not addressable after all
             self.stats["dropped"] += 1
             return Received()
