@@ -975,6 +975,8 @@ def benchmark(args) -> int:
             "scenario": str(args.scenario), "scenario_sha256": sha256(args.scenario),
             "peers": str(args.peers), "esc_cmd": args.esc_cmd, "esc_port": args.port,
             "kamailio_children": args.kamailio_children,
+            "nice": os.getpriority(os.PRIO_PROCESS, 0), "noise_retries": args.noise_retries,
+            "idle_wait_s": args.idle_wait, "idle_cpu": args.idle_cpu, "noise_cpu": args.noise_cpu,
             "kamailio_port": KAMAILIO_PORT, "smoke": args.smoke,
             "netns": bool(os.environ.get(NETNS_ENV)),
         },
@@ -1004,6 +1006,19 @@ def benchmark(args) -> int:
                         log(f"{name} {transport} {rate:g} PUBLISH/s (rep {rep}/{args.repeat}) ...")
                         step = run_step(args, name, transport, rate, rep, step_dir)
                         step["finished"] = now_iso()
+                        tries = 0
+                        while (not step["passed"] and tries < args.noise_retries
+                               and step.get("cpu_share", {}).get("other", 0) > args.noise_cpu):
+                            tries += 1
+                            log(f"  FAIL on a noisy machine (other processes used "
+                                f"{step['cpu_share']['other']} CPU): retry {tries}/{args.noise_retries} "
+                                f"[{'; '.join(step['failures'])}]")
+                            step["superseded"] = True
+                            doc["steps"].append(step)
+                            step = run_step(args, name, transport, rate, rep,
+                                            step_dir.with_name(f"{step_dir.name}-retry{tries}"))
+                            step["finished"] = now_iso()
+                            step["noise_retry"] = tries
                         doc["steps"].append(step)
                         reps.append(step)
                         rt = step.get("rt_ms", {})
@@ -1105,6 +1120,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'idle' = machine busy CPU below this (in CPUs) over 1 s")
     p.add_argument("--noise-cpu", type=float, default=0.10,
                    help="warn when other processes use more than this (in CPUs) during a step")
+    p.add_argument("--noise-retries", type=int, default=2,
+                   help="re-run (fresh server) a failing step measured while other processes "
+                        "used more than --noise-cpu; the noisy attempt stays in results.json")
+    p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
+                   help="nice value for the harness and everything it starts (servers, SIPp): "
+                        "shields the measurement from other jobs on the machine")
     p.add_argument("--ready-timeout", type=float, default=20.0,
                    help="seconds to wait for a server to answer OPTIONS")
     p.add_argument("--timeout-factor", type=float, default=2.0,
@@ -1158,6 +1179,7 @@ def finalize_args(p: argparse.ArgumentParser, args) -> None:
         args.timeout_factor = 2.0
         args.time_limit = min(args.time_limit, 5)
         args.idle_wait = 0
+        args.noise_retries = 0
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.esc_cmd is None:
@@ -1204,6 +1226,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: network namespace has interfaces {ifaces}", flush=True)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if args.nice:
+        try:  # inherited by every server and SIPp process started from here
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as exc:
+            print(f"cannot set nice {args.nice}: {exc}", flush=True)
     return benchmark(args)
 
 

@@ -19,23 +19,42 @@ def open_compositor(store: str, **options: Any) -> Compositor:
 
 async def serve(settings, listens) -> int:
     """Run `esc serve` until SIGTERM or SIGINT; then stop reading, finish, exit 0."""
+    from sip_adapter.limits import Limits
     from sip_adapter.server import ServerConfig, SipServer
     from sip_adapter.service import ServiceConfig
+
+    from .config import package_body_limits
 
     packages = EventPackages.named(settings.events)
     loop = asyncio.get_running_loop()
     compositor = await loop.run_in_executor(None, lambda: open_compositor(
         settings.store, events=packages, default_expires=settings.default_expires,
         min_expires=settings.min_expires, max_expires=settings.max_expires,
-        cache_size=settings.cache_size))
+        cache_size=settings.cache_size, max_per_resource=settings.max_per_resource))
     scheduler = ExpiryScheduler(compositor).start()
+    authenticator, policy = _authentication(settings)
+    if authenticator is None:
+        log.warning("authentication is OFF: any client may publish for any resource "
+                    "(give --auth-file to require SIP Digest)")
+    else:
+        log.info("SIP Digest authentication on, realm %r", authenticator.realm)
     service = ServiceConfig(allowed_events=tuple(packages.names),
+                            authenticator=authenticator, policy=policy,
                             accepted_types=tuple(packages.content_types),
-                            domains=tuple(settings.domain))
-    server = SipServer(compositor, ServerConfig(listen=listens, service=service,
-                                                max_batch=settings.max_batch,
-                                                tcp_idle_timeout=settings.tcp_idle_timeout),
-                       announce=lambda line: print(line, flush=True))
+                            domains=tuple(settings.domain),
+                            rate_limit=settings.rate_limit or None,
+                            rate_burst=settings.rate_burst,
+                            max_body_per_package=tuple(package_body_limits(settings).items()))
+    limits = Limits(max_message_size=settings.max_message_size,
+                    max_headers=settings.max_headers,
+                    max_header_length=settings.max_header_length,
+                    max_body_size=settings.max_message_size)
+    server = SipServer(compositor, ServerConfig(
+        listen=listens, service=service, limits=limits, max_batch=settings.max_batch,
+        tcp_idle_timeout=settings.tcp_idle_timeout, tcp_read_timeout=settings.tcp_read_timeout,
+        max_tcp_connections=settings.max_tcp_connections,
+        tls_context=_tls_context(settings)),
+        announce=lambda line: print(line, flush=True))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -51,3 +70,44 @@ async def serve(settings, listens) -> int:
         scheduler.stop()
         compositor.close()
     return 0
+
+
+def _authentication(settings):
+    """The Digest authenticator and authorization policy the settings ask for, if any.
+    Errors (unreadable files, bad lines) are ConfigError: one line for the operator."""
+    from sip_adapter.authorization import PolicyError, load_policy
+    from sip_adapter.digest import CredentialsError, DigestAuthenticator, load_credentials
+
+    from .config import ConfigError
+
+    if not settings.auth_file:
+        return None, None
+    realm = settings.realm or (settings.domain[0] if settings.domain else "")
+    if not realm:
+        raise ConfigError("--auth-file needs --realm (or a --domain to use as the realm)")
+    try:
+        credentials = load_credentials(settings.auth_file)
+        policy = load_policy(settings.policy_file) if settings.policy_file else None
+    except (CredentialsError, PolicyError) as error:
+        raise ConfigError(str(error)) from None
+    if realm not in credentials.realms:
+        log.warning("no credentials in %s for realm %r", settings.auth_file, realm)
+    algorithms = tuple(a.upper() for a in settings.auth_algorithms)
+    return DigestAuthenticator(credentials, realm, nonce_lifetime=settings.nonce_lifetime,
+                               algorithms=algorithms), policy
+
+
+def _tls_context(settings):
+    if not settings.tls_cert:
+        return None
+    import ssl
+
+    from .config import ConfigError
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"cannot load TLS certificate/key: {error}") from None
+    return context

@@ -28,11 +28,32 @@ class ServeSettings:
     cache_size: int = 20000
     tcp_idle_timeout: float = 300.0
     log_level: str = "info"
+    # limits (issue: hardening); each has a safe default
+    max_message_size: int = 65535
+    max_headers: int = 100
+    max_header_length: int = 8192
+    max_body: list[str] = field(default_factory=list)  # ["presence=16384", ...]
+    max_per_resource: int = 100
+    max_tcp_connections: int = 10000
+    tcp_read_timeout: float = 30.0
+    rate_limit: float = 5000.0  # requests/s per source address; 0 turns it off
+    rate_burst: float = 10000.0
+    # authentication, authorization, TLS
+    auth_file: str = ""
+    realm: str = ""
+    policy_file: str = ""
+    nonce_lifetime: float = 300.0
+    auth_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
-LIST_SETTINGS = {"listen", "events", "domain"}
-INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size"}
-FLOAT_SETTINGS = {"tcp_idle_timeout"}
+LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms"}
+INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size",
+                "max_message_size", "max_headers", "max_header_length", "max_per_resource",
+                "max_tcp_connections"}
+FLOAT_SETTINGS = {"tcp_idle_timeout", "tcp_read_timeout", "rate_limit", "rate_burst",
+                  "nonce_lifetime"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -106,3 +127,33 @@ def validate(settings: ServeSettings) -> None:
         raise ConfigError("--max-batch must be at least 1")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("--log-level must be debug, info, warning or error")
+    if not 1024 <= settings.max_message_size <= 65535:
+        raise ConfigError("--max-message-size must lie between 1024 and 65535")
+    if settings.max_headers < 10 or settings.max_header_length < 256:
+        raise ConfigError("--max-headers must be at least 10 and --max-header-length at least 256")
+    for limit in ("max_per_resource", "max_tcp_connections"):
+        if getattr(settings, limit) < 1:
+            raise ConfigError(f"--{limit.replace('_', '-')} must be at least 1")
+    if settings.rate_limit < 0 or settings.tcp_read_timeout <= 0:
+        raise ConfigError("--rate-limit must be 0 or more and --tcp-read-timeout positive")
+    package_body_limits(settings)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if any(spec.lower().startswith("tls:") for spec in settings.listen) and not settings.tls_cert:
+        raise ConfigError("a tls: listener needs --tls-cert and --tls-key")
+    bad = [a for a in settings.auth_algorithms if a.upper() not in ("SHA-256", "MD5")]
+    if bad or not settings.auth_algorithms:
+        raise ConfigError("--auth-algorithms takes SHA-256 and/or MD5")
+    if settings.policy_file and not settings.auth_file:
+        raise ConfigError("--policy-file needs --auth-file (authorization follows authentication)")
+
+
+def package_body_limits(settings: ServeSettings) -> dict[str, int]:
+    """`--max-body presence=16384` -> {"presence": 16384}."""
+    limits: dict[str, int] = {}
+    for item in settings.max_body:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise ConfigError(f"bad --max-body {item!r}: expected PACKAGE=BYTES")
+        limits[name.strip().lower()] = int(value)
+    return limits

@@ -29,6 +29,27 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--cache-size", type=int, help="publications kept in memory (20000)")
     p.add_argument("--tcp-idle-timeout", type=float, help="close idle TCP connections (300 s)")
     p.add_argument("--log-level", help="debug, info, warning or error (info)")
+    p.add_argument("--max-message-size", type=int, help="largest SIP message, bytes (65535)")
+    p.add_argument("--max-headers", type=int, help="most header lines in a message (100)")
+    p.add_argument("--max-header-length", type=int, help="longest header line, bytes (8192)")
+    p.add_argument("--max-body", action="append",
+                   help="PACKAGE=BYTES: largest body for an event package (repeatable)")
+    p.add_argument("--max-per-resource", type=int,
+                   help="most live publications per resource and package (100)")
+    p.add_argument("--max-tcp-connections", type=int, help="most open TCP/TLS connections (10000)")
+    p.add_argument("--tcp-read-timeout", type=float,
+                   help="close a connection that leaves a message half-sent this long (30 s)")
+    p.add_argument("--rate-limit", type=float,
+                   help="requests per second per source address, 0 = off (5000)")
+    p.add_argument("--rate-burst", type=float, help="burst allowed above the rate (10000)")
+    p.add_argument("--auth-file", help="file of HA1 credentials: turns SIP Digest on")
+    p.add_argument("--realm", help="Digest realm (default: the first --domain, else the host)")
+    p.add_argument("--policy-file", help="TOML file: which users may publish for which AORs")
+    p.add_argument("--auth-algorithms",
+                   help="Digest algorithms offered, strongest first (SHA-256,MD5)")
+    p.add_argument("--nonce-lifetime", type=float, help="seconds a Digest nonce stays valid (300)")
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for tls: listeners")
+    p.add_argument("--tls-key", help="PEM private key for tls: listeners")
     p.add_argument("--config", help="TOML file with any of these settings")
     p.set_defaults(handler=cmd_serve)
 
@@ -57,6 +78,9 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         from sip_adapter.server import Listen
 
         listens = [Listen.parse(spec) for spec in settings.listen]
+        from .bootstrap import _authentication, _tls_context
+
+        _authentication(settings), _tls_context(settings)  # fail before anything starts
     except (ConfigError, ValueError) as error:
         raise CommandError(str(error)) from None
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,

@@ -105,15 +105,6 @@ class Compositor(Application):
         return cls(settings, config=config, packages=packages, policy=policy, clock=clock,
                    max_per_resource=max_per_resource)
 
-    def _take_snapshots(self, processing_event: Any) -> None:
-        # Called by save() after the events are committed. A snapshot only makes loading
-        # faster; failing to write one must not turn an already durable change into a 503
-        # (the publisher would then retry with a tag that is no longer current: a 412).
-        try:
-            super()._take_snapshots(processing_event)
-        except Exception as error:
-            log.warning("snapshot not taken (loading stays correct, only slower): %s", error)
-
     def _save(self, aggregates: Iterable[Publication]) -> list[Any]:
         """Commit the pending events of these aggregates in one transaction.
 

@@ -10,9 +10,9 @@ Credentials file (`--auth-file`)
 --------------------------------
 UTF-8 text, one credential per line::
 
-    # username:realm:algorithm:HA1
-    alice:example.com:SHA-256:5b8e1b2ba1b1a1e8f8f3b3c9a1c0b1e1d1f2a3b4c5d6e7f8091a2b3c4d5e6f70
-    alice:example.com:MD5:0c2b8b1a8e9c0d1f2e3a4b5c6d7e8f90
+    # username:realm:algorithm:HA1      (password "secret")
+    alice:example.com:SHA-256:ed8925b20f9a77b8f8f8d5f8e4467fe32b866f7208ab9e4b20595e9821a0fdee
+    alice:example.com:MD5:b1726872c344b6dc8365b774f8fd6412
 
 - `username` and `realm` are taken literally (case-sensitive, no quoting) and may not contain
   ":" or control characters, nor start or end with white space. `realm` must equal the realm

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .limits import DEFAULT_LIMITS, Limits, ParseError
 from .message import Request, Response
-from .parser import _build, _content_length, _Head, _scan_head
+from .parser import _build, _content_length, _Head, _scan_head, scan_head_for_partial
 
 __all__ = ["StreamFramer"]
 
@@ -94,6 +94,8 @@ class StreamFramer:
                     if end + 4 - pos + length > limits.max_message_size:
                         raise ParseError(413, "Message too large")
                 except ParseError as exc:
+                    if head is None:
+                        head = scan_head_for_partial(buf, pos, end, limits, exc)
                     out.append(self._break(self._with_partial(head, exc)))
                     return out
                 self._head = head

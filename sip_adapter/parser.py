@@ -311,6 +311,36 @@ def _name_addr(value: str, name: str, brackets_required: bool = False) -> NameAd
         raise ParseError(400, f"Malformed {name} header field") from None
 
 
+def scan_head_for_partial(data: bytes | bytearray, start: int, end: int, limits: Limits,
+                          error: ParseError) -> _Head | None:
+    """After `_scan_head` refused a header section as too large (413: too many or too long
+    header fields), scan it again without those two bounds so that the 413 can carry
+    `partial` and be answered. None for any other error, or when it still cannot be read.
+    (The section is already bounded by max_message_size, so this costs one linear pass.)"""
+    if error.status != 413:
+        return None
+    relaxed = Limits(max_message_size=limits.max_message_size, max_headers=end - start + 1,
+                     max_header_length=end - start + 1, max_body_size=limits.max_body_size)
+    try:
+        return _scan_head(data, start, end, relaxed)
+    except ParseError:
+        return None
+
+
+def _unterminated(data: bytes | bytearray, start: int, size: int, limits: Limits) -> ParseError:
+    """A datagram whose header section lacks the empty line (RFC 4475 3.1.2.15, baddn): the
+    datagram still delimits it, so reject it with 400 and, when the request's Via is readable,
+    carry `partial` so that the 400 can be answered."""
+    error = ParseError(400, "Header section not terminated by an empty line")
+    end = size - 2 if data.endswith(b"\r\n") else size
+    try:
+        _build(_scan_head(data, start, end, limits), b"", limits, error)
+    except ParseError as exc:
+        if exc.partial is not None:
+            return exc
+    return error
+
+
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
     """Parse one datagram (RFC 3261 18.3): octets beyond Content-Length are discarded, a
     body shorter than Content-Length is an error (400), and without Content-Length the rest
@@ -331,8 +361,15 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if end < 0:
         if start >= size:
             raise ParseError(400, "Empty message")
-        raise ParseError(400, "Header section not terminated by an empty line")
-    head = _scan_head(data, start, end, limits)
+        raise _unterminated(data, start, size, limits)
+    try:
+        head = _scan_head(data, start, end, limits)
+    except ParseError as exc:
+        head = scan_head_for_partial(data, start, end, limits, exc)
+        if head is None:
+            raise
+        _build(head, b"", limits, exc)  # raises exc again, with `partial` when it can
+        raise
     body_start = end + 4
     available = size - body_start
     deferred = None

@@ -40,8 +40,8 @@ class Listen:
         """`udp:HOST:PORT`, `tcp:[::1]:5060`."""
         transport, sep, rest = spec.partition(":")
         transport = transport.lower()
-        if not sep or transport not in ("udp", "tcp"):
-            raise ValueError(f"bad --listen {spec!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+        if not sep or transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"bad --listen {spec!r}: expected udp:, tcp: or tls:HOST:PORT")
         if rest.startswith("["):
             host, _, port_text = rest[1:].partition("]")
             port_text = port_text.lstrip(":")
@@ -66,6 +66,7 @@ class ServerConfig:
     tcp_idle_timeout: float = 300.0
     tcp_read_timeout: float = 30.0
     max_tcp_connections: int = 10000
+    tls_context: Any = None  # ssl.SSLContext for tls: listeners
 
 
 class SipServer:
@@ -112,9 +113,14 @@ class SipServer:
                 self._udp.append(transport)
                 actual = transport.get_extra_info("sockname")[1]
             else:
+                tls = listen.transport == "tls"
+                if tls and self.config.tls_context is None:
+                    raise ValueError("a tls: listener needs a certificate and key")
                 server = await self._loop.create_server(
-                    lambda: TCPProtocol(self), host=listen.host, port=port,
-                    family=_family(listen.host), reuse_address=True, backlog=1024)
+                    lambda name=listen.transport: TCPProtocol(self, name), host=listen.host,
+                    port=port, family=_family(listen.host), reuse_address=True, backlog=1024,
+                    ssl=self.config.tls_context if tls else None,
+                    ssl_handshake_timeout=10.0 if tls else None)
                 self._tcp.append(server)
                 actual = server.sockets[0].getsockname()[1]
             self.bound.append((listen, actual))
@@ -128,7 +134,8 @@ class SipServer:
         """Port 0 on several transports of one host: share the first one bound, so UDP and
         TCP listen on the same port (RFC 3261 18.2.1)."""
         for other, actual in self.bound:
-            if other.host == listen.host and other.port == 0:
+            if other.host == listen.host and other.port == 0 and \
+                    "tls" not in (other.transport, listen.transport):
                 return actual
         return 0
 

@@ -14,12 +14,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from domain import CompositorError, PublishRequest
+from domain import CompositorError, InvalidResource, PublishRequest, address_of_record
 
+from .authorization import Policy
+from .digest import Authenticated
 from .error_responses import response_for
 from .parser import ParseError
 from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
+from .rate_limit import RateLimiter
 from .routing import Origin, response_port
 from .transaction import New, Retransmit, TransactionTable
 
@@ -38,6 +41,11 @@ class ServiceConfig:
     domains: tuple[str, ...] = ()  # empty: serve every domain
     server: str = "esc/0.1"
     supported: tuple[str, ...] = ()  # option tags we implement (Require check)
+    rate_limit: float | None = None  # requests per second per source address
+    rate_burst: float | None = None
+    max_body_per_package: tuple[tuple[str, int], ...] = ()  # (package, bytes)
+    authenticator: Any = None  # a digest.DigestAuthenticator: Digest on for PUBLISH
+    policy: Any = None  # an authorization.Policy (default rule: own AOR only)
 
 
 @dataclass
@@ -78,6 +86,9 @@ class SipService:
         self.transactions = transactions or TransactionTable()
         self.new_tag = tag_factory
         self.domains = {d.lower().rstrip(".") for d in config.domains}
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst) \
+            if config.rate_limit else None
+        self.max_body = dict(config.max_body_per_package)
         self.stats = {"requests": 0, "retransmissions": 0, "parse_errors": 0, "dropped": 0}
 
     # ---- in -------------------------------------------------------------------------------
@@ -100,6 +111,11 @@ class SipService:
         method = request.method
         if method == "ACK":
             return Received()
+        if self.limiter is not None and not self.limiter.allow(origin.address[0], now):
+            self.stats["rate_limited"] = self.stats.get("rate_limited", 0) + 1
+            retry = self.limiter.retry_after(origin.address[0], now)
+            return self._answer(request, origin, key, now, 503, "Rate Limit Exceeded",
+                                [("Retry-After", str(retry))])
         if method != "CANCEL":
             unsupported = self._unsupported(request)
             if unsupported:
@@ -125,12 +141,31 @@ class SipService:
             host = _uri_host(request)
             if host is None or host not in self.domains:
                 return self._answer(request, origin, key, now, 404, "Domain Not Served Here")
+        identity = None
+        authenticator = self.config.authenticator
+        if authenticator is not None:
+            result = authenticator.authenticate(request, now)
+            if not isinstance(result, Authenticated):
+                return self._answer(request, origin, key, now, result.status, result.phrase,
+                                    list(result.headers))
+            identity = result.username
+            try:
+                resource = address_of_record(request.uri)
+            except InvalidResource:
+                return self._answer(request, origin, key, now, 400, "Bad Request-URI")
+            policy = self.config.policy or Policy()
+            if not policy.allows(identity, resource, authenticator.realm):
+                return self._answer(request, origin, key, now, 403,
+                                    "Not Allowed To Publish For This Resource")
         try:
-            publish = to_publish_request(request, origin,
+            publish = to_publish_request(request, origin, identity=identity,
                                          allowed_events=list(self.config.allowed_events))
         except BadPublish as error:
             return self._answer(request, origin, key, now, error.status, error.reason,
                                 error.headers)
+        limit = self.max_body.get(publish.event.split(";", 1)[0].strip().lower())
+        if limit is not None and publish.body is not None and len(publish.body) > limit:
+            return self._answer(request, origin, key, now, 413, "Body Too Large For Package")
         return Received(pending=PendingPublish(request, publish, origin, key, now))
 
     # ---- out ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-LISTENING = re.compile(r"listening (udp|tcp) (\S+):(\d+)")
+LISTENING = re.compile(r"listening (udp|tcp|tls) (\S+):(\d+)")
 
 
 @dataclass
@@ -66,15 +67,21 @@ def start_server(workdir: Path, *extra: str, store: str | None = None, host: str
     ports: dict[str, int] = {}
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
+    fd, pending = process.stdout.fileno(), b""
     while len(ports) < len(transports):
         if time.monotonic() > deadline or process.poll() is not None:
             process.kill()
             raise AssertionError("server did not start: "
                                  + (workdir / "server.log").read_text(errors="replace")[-2000:])
-        line = process.stdout.readline().decode()
-        match = LISTENING.search(line)
-        if match:
-            ports[match.group(1)] = int(match.group(3))
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        pending += os.read(fd, 4096)
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            match = LISTENING.search(line.decode(errors="replace"))
+            if match:
+                ports[match.group(1)] = int(match.group(3))
     return RunningServer(process, store, host, next(iter(ports.values())), workdir, args, ports)
 
 
