@@ -19,6 +19,18 @@ class CompositorError(Exception):
         """Response headers this refusal implies (besides the usual ones)."""
         return []
 
+    def __reduce__(self):
+        # Refusals cross a process boundary (the server's store process): rebuild them
+        # from their attributes, not by calling __init__ with the message as its argument.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> "CompositorError":
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConditionalRequestFailed(CompositorError):
     """SIP-If-Match names no live publication of this resource and event package."""

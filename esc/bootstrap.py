@@ -8,7 +8,8 @@ import signal
 from typing import Any
 
 from domain import EventPackages
-from infrastructure import Compositor, ExpiryScheduler
+from infrastructure import Compositor
+from infrastructure.store_process import StoreProcess
 
 log = logging.getLogger("esc")
 
@@ -27,11 +28,12 @@ async def serve(settings, listens) -> int:
 
     packages = EventPackages.named(settings.events)
     loop = asyncio.get_running_loop()
-    compositor = await loop.run_in_executor(None, lambda: open_compositor(
-        settings.store, events=packages, default_expires=settings.default_expires,
-        min_expires=settings.min_expires, max_expires=settings.max_expires,
-        cache_size=settings.cache_size, max_per_resource=settings.max_per_resource))
-    scheduler = ExpiryScheduler(compositor).start()
+    options = dict(events=settings.events, default_expires=settings.default_expires,
+                   min_expires=settings.min_expires, max_expires=settings.max_expires,
+                   cache_size=settings.cache_size, max_per_resource=settings.max_per_resource)
+    # The compositor and its expiry scheduler run in a process of their own, so parsing and
+    # committing use both cores (see infrastructure/store_process.py).
+    store = await loop.run_in_executor(None, lambda: StoreProcess(settings.store, **options))
     authenticator, policy = _authentication(settings)
     if authenticator is None:
         log.warning("authentication is OFF: any client may publish for any resource "
@@ -49,7 +51,7 @@ async def serve(settings, listens) -> int:
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,
                     max_body_size=settings.max_message_size)
-    server = SipServer(compositor, ServerConfig(
+    server = SipServer(store, ServerConfig(
         listen=listens, service=service, limits=limits, max_batch=settings.max_batch,
         tcp_idle_timeout=settings.tcp_idle_timeout, tcp_read_timeout=settings.tcp_read_timeout,
         max_tcp_connections=settings.max_tcp_connections,
@@ -67,8 +69,7 @@ async def serve(settings, listens) -> int:
         log.info("stopping: finishing requests in flight")
         await server.stop()
     finally:
-        scheduler.stop()
-        compositor.close()
+        await loop.run_in_executor(None, store.close)
     return 0
 
 

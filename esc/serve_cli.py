@@ -91,6 +91,8 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         return _run(serve(settings, listens))
     except OSError as error:
         raise CommandError(f"cannot listen: {error.strerror or error}", 3) from None
+    except RuntimeError as error:  # the store process could not open the store
+        raise CommandError(f"cannot open store {settings.store}: {error}", 3) from None
 
 
 def cmd_publish(args: argparse.Namespace, out) -> int:

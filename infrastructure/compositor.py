@@ -70,6 +70,7 @@ class Compositor(Application):
         self.clock = clock
         self.max_per_resource = max_per_resource
         self._write_lock = threading.RLock()
+        self._created_in_batch: dict[tuple[str, str], int] = {}
         self.view = CurrentStateView(config.view_path)
         self.catch_up()
 
@@ -211,6 +212,7 @@ class Compositor(Application):
         """Decide each request in order, collecting the aggregates they change in
         `touched` (filled in place, so a failure part-way can still evict them)."""
         results: list[Result] = []
+        self._created_in_batch: dict[tuple[str, str], int] = {}
         for request in requests:
             try:
                 results.append(self._decide(request, now, touched))
@@ -227,6 +229,8 @@ class Compositor(Application):
             return Accepted(compose_etag(uuid4(), new_secret()), 0)
         if decision.operation is Operation.INITIAL:
             self._check_room(request.aor, event_package, now, touched)
+            room_key = (request.aor, event_package)
+            self._created_in_batch[room_key] = self._created_in_batch.get(room_key, 0) + 1
             publication_id = uuid4()
             etag = compose_etag(publication_id, new_secret())
             touched[publication_id] = Publication.publish(
@@ -288,12 +292,12 @@ class Compositor(Application):
             return
         from domain import TooManyPublications
 
-        live = {p.id for p in self.view.live(aor, event_package, now)}
-        live |= {pid.hex for pid, p in touched.items()
-                 if p.aor == aor and p.event_package == event_package and p.is_live(now)}
-        if len(live) >= self.max_per_resource:
+        # The view may lag this batch: count what it holds, plus this batch's new ones.
+        live = self.view.count_live(aor, event_package, now)
+        live += self._created_in_batch.get((aor, event_package), 0)
+        if live >= self.max_per_resource:
             raise TooManyPublications(
-                f"{aor} already has {len(live)} live {event_package} publications")
+                f"{aor} already has {live} live {event_package} publications")
 
     def _load(self, publication_id: UUID) -> Publication | None:
         try:

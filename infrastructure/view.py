@@ -203,6 +203,12 @@ class CurrentStateView:
             params.append(now)
         return self._rows(" AND ".join(clauses), params, order="aor, event, published_at, id")
 
+    def count_live(self, aor: str, event: str, now: float) -> int:
+        with self._lock:
+            return self.db.execute(
+                "SELECT COUNT(*) FROM publications WHERE aor = ? AND event = ? "
+                "AND expires_at > ?", [aor, event, now]).fetchone()[0]
+
     def due(self, now: float, limit: int) -> list[LivePublication]:
         """Publications whose expiry time has come, earliest first (uses the index)."""
         return self._rows("expires_at <= ?", [now], order="expires_at", limit=limit)
