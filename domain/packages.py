@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 from xml.etree.ElementTree import Element, ParseError as XMLParseError
+from xml.parsers import expat
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
@@ -19,13 +20,35 @@ BodyValidator = Callable[[bytes], None]
 Composer = Callable[[list[bytes]], bytes]
 
 
+class _Refused(Exception):
+    pass
+
+
+def _refuse(*_args: object) -> None:
+    raise _Refused
+
+
 def well_formed_xml(body: bytes) -> None:
     """Reject a body that is not well-formed XML.
 
-    defusedxml refuses DTDs, entity declarations and external references, so a
-    billion-laughs or XXE document is refused at once instead of being expanded.
+    Only well-formedness is checked, so no tree is built: expat runs with no element
+    handlers, which is several times cheaper than building one (this runs on every initial
+    and modify). Like defusedxml, any DTD is refused outright, so there are no entity
+    declarations to expand (billion laughs) and no external references to resolve (XXE):
+    only XML's five predefined entities and character references remain.
     """
-    parse_xml(body)
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    try:
+        parser.Parse(body, True)
+    except _Refused:
+        raise InvalidBody("body is not acceptable XML: DTDs and entity declarations are "
+                          "refused") from None
+    except (expat.ExpatError, ValueError) as error:
+        raise InvalidBody(f"body is not well-formed XML: {error}") from None
 
 
 def parse_xml(body: bytes) -> Element:

@@ -89,10 +89,20 @@ def canonical_name(name: str) -> str:
     return known[0] if known is not None else name
 
 
+_KEYS: dict[str, str] = {}
+
+
 def _key(name: str) -> str:
-    lowered = name.lower()
-    known = _NAMES.get(lowered)
-    return known[1] if known is not None else lowered
+    # Called for every header lookup: memoise the spellings seen (bounded, so hostile
+    # traffic with random header names cannot grow it without limit).
+    key = _KEYS.get(name)
+    if key is None:
+        lowered = name.lower()
+        known = _NAMES.get(lowered)
+        key = known[1] if known is not None else lowered
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+    return key
 
 
 def split_list(value: str) -> list[str]:

@@ -117,6 +117,12 @@ class SipService:
             return self._answer(request, origin, key, now, 503, "Rate Limit Exceeded",
                                 [("Retry-After", str(retry))])
         if method != "CANCEL":
+            try:
+                request.parsed_uri  # noqa: B018 - sip:/sips: only (RFC 3261 8.2.2.1)
+            except ParseError as error:
+                return self._answer(request, origin, key, now, error.status,
+                                    "Unsupported URI Scheme" if error.status == 416
+                                    else "Bad Request-URI")
             unsupported = self._unsupported(request)
             if unsupported:
                 return self._answer(request, origin, key, now, 420, "Bad Extension",
