@@ -1,0 +1,184 @@
+"""The sans-I/O SIP service: requests in, responses out, time passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain import ConditionalRequestFailed, IntervalTooBrief
+from infrastructure.records import Accepted
+from sip_adapter.parser import parse_message
+from sip_adapter.routing import Origin
+from sip_adapter.service import ServiceConfig, SipService
+
+
+class Sent:
+    def send(self, data, destination=None):
+        pass
+
+
+UDP = Origin("udp", ("198.51.100.7", 40000), Sent())
+TCP = Origin("tcp", ("198.51.100.7", 40001), Sent())
+
+
+def request(method="PUBLISH", uri="sip:alice@example.com", branch="z9hG4bK1", extra=(),
+            body=b"", via="SIP/2.0/UDP 203.0.113.9:5070", cseq=None):
+    lines = [f"{method} {uri} SIP/2.0", f"Via: {via};branch={branch}",
+             "From: <sip:alice@example.com>;tag=f", "To: <sip:alice@example.com>",
+             "Call-ID: c1", f"CSeq: {cseq or 1} {method}", *extra,
+             f"Content-Length: {len(body)}"]
+    return parse_message(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+PIDF = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com"/>'
+
+
+def publish(**kwargs):
+    extra = ["Event: presence", "Content-Type: application/pidf+xml", "Expires: 60",
+             *kwargs.pop("extra", ())]
+    return request(extra=extra, body=kwargs.pop("body", PIDF), **kwargs)
+
+
+def status(received):
+    assert len(received.replies) == 1, received
+    return int(received.replies[0].data.split(b" ", 2)[1])
+
+
+def header(received, name):
+    for line in received.replies[0].data.decode().split("\r\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def test_options_lists_capabilities():
+    service = SipService()
+    answer = service.receive(request("OPTIONS"), UDP, 0.0)
+    assert status(answer) == 200
+    assert "PUBLISH" in header(answer, "Allow")
+    assert header(answer, "Allow-Events") == "presence, dialog, message-summary"
+    assert "application/pidf+xml" in header(answer, "Accept")
+    assert header(answer, "Supported") == ""
+
+
+@pytest.mark.parametrize("method,expected", [("INVITE", 405), ("SUBSCRIBE", 405),
+                                             ("FROBNICATE", 501)])
+def test_other_methods(method, expected):
+    answer = SipService().receive(request(method), UDP, 0.0)
+    assert status(answer) == expected and "PUBLISH" in header(answer, "Allow")
+
+
+def test_ack_is_absorbed_and_responses_ignored():
+    service = SipService()
+    assert service.receive(request("ACK"), UDP, 0.0).replies == []
+    response = parse_message(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n"
+                             b"From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\n"
+                             b"CSeq: 1 PUBLISH\r\nContent-Length: 0\r\n\r\n")
+    assert service.receive(response, UDP, 0.0).replies == []
+
+
+def test_unknown_require_is_420_with_unsupported():
+    answer = SipService().receive(publish(extra=["Require: foo, bar"]), UDP, 0.0)
+    assert status(answer) == 420 and header(answer, "Unsupported") == "foo, bar"
+
+
+def test_non_sip_request_uri_is_416():
+    answer = SipService().receive(request("OPTIONS", uri="http://example.com/x"), UDP, 0.0)
+    assert status(answer) == 416
+
+
+def test_publish_becomes_pending_with_audit_then_200_with_etag():
+    service = SipService()
+    received = service.receive(publish(), UDP, 1.0)
+    assert received.replies == [] and received.pending is not None
+    publish_request = received.pending.publish
+    assert publish_request.aor == "sip:alice@example.com"
+    assert publish_request.audit.source == "198.51.100.7:40000"
+    assert publish_request.audit.transport == "udp"
+    assert publish_request.audit.cseq == "1 PUBLISH"
+    out = service.complete(received.pending, Accepted("t.1", 60), 1.1)
+    text = out.data.decode()
+    assert text.startswith("SIP/2.0 200 OK") and "SIP-ETag: t.1" in text
+    assert "Expires: 60" in text and ";tag=" in text.split("To:")[1].split("\r\n")[0]
+
+
+def test_responses_go_only_to_the_source_address():
+    service = SipService()
+    received = service.receive(publish(via="SIP/2.0/UDP evil.example.org:9;maddr=192.0.2.66"),
+                               UDP, 0.0)
+    out = service.complete(received.pending, Accepted("t.1", 60), 0.0)
+    assert out.destination == ("198.51.100.7", 9)  # source IP; the Via's port (no rport)
+    assert b"received=198.51.100.7" in out.data
+    received = service.receive(publish(branch="z9hG4bK2",
+                                       via="SIP/2.0/UDP 10.0.0.1:5060;rport"), UDP, 0.0)
+    out = service.complete(received.pending, Accepted("t.2", 60), 0.0)
+    assert out.destination == ("198.51.100.7", 40000)
+    assert b"rport=40000" in out.data
+
+
+def test_refusals_map_to_statuses_and_headers():
+    service = SipService()
+    pending = service.receive(publish(), UDP, 0.0).pending
+    out = service.complete(pending, IntervalTooBrief(60), 0.0)
+    assert out.data.startswith(b"SIP/2.0 423 ") and b"Min-Expires: 60" in out.data
+    pending = service.receive(publish(branch="z9hG4bK9"), UDP, 0.0).pending
+    out = service.complete(pending, ConditionalRequestFailed("x"), 0.0)
+    assert out.data.startswith(b"SIP/2.0 412 Conditional Request Failed")
+
+
+def test_retransmission_gets_the_stored_response_and_no_second_pending():
+    service = SipService()
+    first = service.receive(publish(), UDP, 0.0)
+    assert service.receive(publish(), UDP, 0.1).pending is None  # still in progress: absorbed
+    out = service.complete(first.pending, Accepted("t.1", 60), 0.2)
+    again = service.receive(publish(), UDP, 1.0)
+    assert again.pending is None and again.replies[0].data == out.data
+    service.tick(0.2 + 32.1)  # Timer J
+    assert service.receive(publish(), UDP, 40.0).pending is not None
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["SIP-If-Match: a.1", "SIP-If-Match: b.2"], 400),
+    (["SIP-If-Match: a.1, b.2"], 400),
+    (["Expires: soon"], 400),
+])
+def test_malformed_publish_headers_are_400(extra, expected):
+    answer = SipService().receive(publish(extra=extra), UDP, 0.0)
+    assert status(answer) == expected
+
+
+def test_missing_event_is_489_with_allow_events():
+    answer = SipService().receive(request(extra=["Content-Type: application/pidf+xml"],
+                                          body=PIDF), UDP, 0.0)
+    assert status(answer) == 489 and "presence" in header(answer, "Allow-Events")
+
+
+def test_domains_outside_the_served_ones_are_404():
+    service = SipService(ServiceConfig(domains=("example.com",)))
+    assert service.receive(publish(), UDP, 0.0).pending is not None
+    answer = service.receive(publish(uri="sip:bob@other.example", branch="z9hG4bK5"), UDP, 0.0)
+    assert status(answer) == 404
+
+
+def test_rate_limit_answers_503_with_retry_after():
+    service = SipService(ServiceConfig(rate_limit=1, rate_burst=2))
+    codes = [status(service.receive(request("OPTIONS", branch=f"z9hG4bK{i}"), UDP, 0.0))
+             for i in range(4)]
+    assert codes == [200, 200, 503, 503]
+    answer = service.receive(request("OPTIONS", branch="z9hG4bKz"), UDP, 0.0)
+    assert header(answer, "Retry-After") == "1"
+    assert status(service.receive(request("OPTIONS", branch="z9hG4bKy"), UDP, 1.5)) == 200
+
+
+def test_body_over_the_package_limit_is_413():
+    service = SipService(ServiceConfig(max_body_per_package=(("presence", 16),)))
+    assert status(service.receive(publish(), UDP, 0.0)) == 413
+
+
+def test_unaddressable_garbage_is_dropped():
+    from sip_adapter.parser import ParseError
+
+    service = SipService()
+    try:
+        parse_message(b"\x00\x01garbage")
+    except ParseError as error:
+        assert service.receive(error, UDP, 0.0).replies == []
