@@ -109,26 +109,42 @@ def bench_expiry(args) -> dict:
         populated = time.time()
         if populated - created > lead:
             raise SystemExit(f"population took {populated - created:.0f} s > lead {lead} s")
+        # A change-feed reader notes when each Expired becomes visible (committed): that,
+        # not when the expiry pass began, is what a downstream notifier experiences.
+        import threading
+
+        seen: dict[str, float] = {}
+        position = compositor.recorder.max_notification_id() or 0
+        stop = threading.Event()
+
+        def follow() -> None:
+            nonlocal position
+            while not stop.is_set():
+                for record in compositor.feed(after=position):
+                    position = record.position
+                    if record.type == "Expired":
+                        seen[record.publication] = time.time() - record.at
+                stop.wait(0.02)
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
         scheduler = ExpiryScheduler(compositor).start()
         deadline = created + lead + args.window + 30
-        while compositor.view.count() and time.time() < deadline:
+        while len(seen) < args.count and time.time() < deadline:
             time.sleep(0.5)
         scheduler.stop()
-        # Expired is stamped with its expiry time (`at`); `noticed_at` is when it was recorded.
-        lags = []
-        for notification in compositor.recorder.select_notifications(start=1, limit=10**9):
-            event = compositor.mapper.to_domain_event(notification)
-            if type(event).__name__ == "Expired":
-                lags.append(event.noticed_at - event.expires_at)
+        stop.set()
+        reader.join()
+        lags = sorted(seen.values())
         left = compositor.view.count()
         compositor.close()
-    lags.sort()
     result = {"count": args.count, "window_s": args.window, "expired": len(lags),
               "left_unexpired": left, "populate_s": round(populated - created, 1),
               "lag_s_p50": round(statistics.median(lags), 3) if lags else None,
               "lag_s_p99": round(lags[int(len(lags) * 0.99) - 1], 3) if lags else None,
               "lag_s_max": round(lags[-1], 3) if lags else None, "target_s": 2.0}
-    print(f"{len(lags)} of {args.count} expired; lag behind expiry time: p50 "
+    print(f"{len(lags)} of {args.count} expired; committed and visible in the change feed "
+          f"this long after their expiry time: p50 "
           f"{result['lag_s_p50']} s, p99 {result['lag_s_p99']} s, max {result['lag_s_max']} s "
           f"(target: every one within 2 s)")
     return result

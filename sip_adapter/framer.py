@@ -50,6 +50,12 @@ class StreamFramer:
         scanned, only its body bytes so far)."""
         return len(self._buf)
 
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message has arrived and the rest has not, including a
+        complete header section still waiting for its body (a read timeout applies)."""
+        return bool(self._buf) or self._head is not None
+
     def take_pings(self) -> int:
         """Pings (double CRLFs) received since the last call; answer each with one CRLF."""
         count = self._pings_untaken

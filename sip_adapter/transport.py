@@ -97,7 +97,7 @@ class TCPProtocol(asyncio.Protocol):
             self.close(after_flush=True)
             return
         self.partial_since = (self.partial_since or self.last_activity) \
-            if self.framer.buffered else None
+            if self.framer.mid_message else None
 
     def send(self, data: bytes, destination: Any = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
