@@ -10,6 +10,7 @@ from typing import Any
 from domain import EventPackages
 from infrastructure import Compositor
 from infrastructure.store_process import StoreProcess
+from infrastructure.store_url import redact_url
 
 log = logging.getLogger("esc")
 
@@ -62,7 +63,8 @@ async def serve(settings, listens) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        log.info("store %s; events %s; expiry %s..%s s (default %s)", settings.store,
+        log.info("store %s; events %s; expiry %s..%s s (default %s)",
+                 redact_url(settings.store),
                  ",".join(packages.names), settings.min_expires, settings.max_expires,
                  settings.default_expires)
         await stop.wait()

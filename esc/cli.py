@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from domain import InvalidResource
 from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
+from infrastructure.store_url import redact_url
 
 from .bootstrap import open_compositor
 
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(p), add_json(p)
 
     p = commands.add_parser("clear", help="delete every publication, event and view row")
+    add_store(p)
+
+    p = commands.add_parser("migrate", help="create the store's schema (safe to repeat and "
+                                            "to run from several nodes at once)")
+    p.add_argument("--create-database", action="store_true",
+                   help="postgresql: create the database first if it does not exist")
     add_store(p)
 
     from .serve_cli import add_serve_commands  # the SIP side registers its own commands
@@ -191,6 +198,31 @@ def cmd_clear(args, out) -> int:
     return 0
 
 
+def cmd_migrate(args, out) -> int:
+    from infrastructure import parse_store_url
+
+    try:
+        kind = parse_store_url(args.store).kind
+    except BadStoreURL as error:
+        raise CommandError(str(error)) from None
+    if kind != "postgresql":
+        if args.create_database:
+            raise CommandError("--create-database is for postgresql stores")
+        with opened(args):  # embedded stores create their schema on open
+            pass
+        out(f"schema ready: {redact_url(args.store)}")
+        return 0
+    from infrastructure.postgres import migrate
+
+    try:
+        tables = migrate(args.store, create_database=args.create_database)
+    except Exception as error:
+        raise CommandError(f"cannot migrate {redact_url(args.store)}: {one_line(error)}",
+                           EXIT_STORE) from None
+    out(f"schema ready: {', '.join(tables)}")
+    return 0
+
+
 class opened:
     """Open the store for one command; any failure becomes one line and exit 3."""
 
@@ -204,7 +236,8 @@ class opened:
         except BadStoreURL as error:
             raise CommandError(str(error)) from None
         except Exception as error:
-            raise CommandError(f"cannot open store {self.args.store}: {one_line(error)}",
+            raise CommandError(f"cannot open store {redact_url(self.args.store)}: "
+                               f"{one_line(error)}",
                                EXIT_STORE) from None
         return self.compositor
 
@@ -220,7 +253,7 @@ def one_line(error: BaseException) -> str:
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "find": cmd_find, "list": cmd_list, "history": cmd_history, "follow": cmd_follow,
-    "verify": cmd_verify, "clear": cmd_clear,
+    "verify": cmd_verify, "clear": cmd_clear, "migrate": cmd_migrate,
 }
 
 
