@@ -695,10 +695,11 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
     step["rt_ms"] = {"samples": len(rts), "p50": percentile(srt, 50), "p90": percentile(srt, 90),
                      "p99": percentile(srt, 99), "max": srt[-1] if srt else None,
                      "mean": round(statistics.fmean(rts), 3) if rts else None}
-    distinct = sorted(set(rts))
-    gaps = [b - a for a, b in zip(distinct, distinct[1:]) if b - a > 1e-9]
-    # SIPp 3.6 stamps with a coarse clock (one kernel tick, 4 ms at HZ=250)
-    step["rt_ms"]["resolution_ms"] = round(min(gaps), 3) if gaps else None
+    # SIPp 3.6 stamps with a coarse clock (one kernel tick, 4 ms at HZ=250): the most
+    # common gap between distinct response times (a few carry a +0.001 ms artefact)
+    distinct = sorted(set(round(r, 1) for r in rts))
+    gaps = [round(b - a, 1) for a, b in zip(distinct, distinct[1:])]
+    step["rt_ms"]["resolution_ms"] = statistics.mode(gaps) if gaps else None
     per = {}
     for no in sorted(set(nos)):
         v = sorted(r for r, n in zip(rts, nos) if n == no)
@@ -927,11 +928,12 @@ def plot(out: Path, doc: dict) -> Path | None:
     ax.set_ylabel("SIPp response time (ms)")
     m = doc["machine"]
     res = [s["rt_ms"]["resolution_ms"] for s in doc["steps"]
-           if (s.get("rt_ms") or {}).get("resolution_ms")]
-    res_txt = f"SIPp time resolution {min(res):g} ms" if res else "SIPp times"
+           if ((s.get("rt_ms") or {}).get("resolution_ms") or 0) >= 0.1]
+    res_txt = f"SIPp time resolution {statistics.mode(res):g} ms" if res else "SIPp times"
     ax.set_title(f"PUBLISH response time vs offered rate  ({m['nproc']} CPU, "
+                 f"{(m.get('cpu_model') or '').strip()})\n"
                  f"{(m['versions']['sipp'] or 'sipp').rstrip('.')}; dashed p50, solid p99, "
-                 f"red x = failing rate; {res_txt})", fontsize=9)
+                 f"red x = failing rate; {res_txt}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
