@@ -59,7 +59,8 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
                 break
             if batch is None:
                 break
-            conn.send(compositor.process_many(batch))
+            sequence, requests = batch
+            conn.send((sequence, compositor.process_many(requests)))
     finally:
         if scheduler is not None:
             scheduler.stop()
@@ -74,6 +75,8 @@ class StoreProcess:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._lock = threading.Lock()
+        self._sequence = 0
+        self._broken: str | None = None
         self.process = context.Process(
             target=_child_main, name="esc-store", daemon=True,
             args=(child_conn, url, options, expiry, logging.getLogger().level))
@@ -89,12 +92,37 @@ class StoreProcess:
 
     def process_many(self, requests: Sequence[PublishRequest]) -> list[Any]:
         with self._lock:
+            if self._broken:
+                return self._unavailable(requests)
             try:
-                self._conn.send(list(requests))
-                return self._conn.recv()
+                self._conn.send(self._next(requests))
+                return self._check(self._conn.recv(), requests)
             except (EOFError, OSError, BrokenPipeError) as error:
-                log.error("store process is gone: %s", error)
-                return [StoreUnavailable("store process unavailable")] * len(requests)
+                return self._fail(requests, str(error))
+
+    def _next(self, requests: Sequence[PublishRequest]) -> tuple[int, list]:
+        self._sequence += 1
+        return self._sequence, list(requests)
+
+    def _check(self, answer: tuple[int, list], requests: Sequence[PublishRequest]) -> list:
+        """Every answer names its batch: a mismatch means the pipe lost its framing, and
+        no result may then be trusted to belong to its request."""
+        sequence, results = answer
+        if sequence != self._sequence or len(results) != len(requests):
+            return self._fail(requests, f"answer for batch {sequence} while waiting for "
+                                        f"{self._sequence}")
+        return results
+
+    def _fail(self, requests: Sequence[PublishRequest], why: str) -> list[Any]:
+        # Once the exchange has failed part-way, the pipe's framing cannot be trusted:
+        # refuse from here on (the server answers 503) rather than risk a wrong answer.
+        self._broken = why
+        log.error("store process unusable (%s): answering 503 from now on", why)
+        return self._unavailable(requests)
+
+    @staticmethod
+    def _unavailable(requests: Sequence[PublishRequest]) -> list[Any]:
+        return [StoreUnavailable("store process unavailable")] * len(requests)
 
     def close(self, timeout: float = 10.0) -> None:
         with self._lock:

@@ -188,9 +188,12 @@ class SipServer:
                 batch = self._queue[: self.config.max_batch]
                 del self._queue[: len(batch)]
                 self._in_flight = len(batch)
+                requests = [p.publish for p in batch]
                 try:
+                    # A worker thread does the store exchange: pickling and pipe I/O then
+                    # overlap the loop's parsing (measured: cheaper than doing it in the loop).
                     results = await self._loop.run_in_executor(
-                        self._executor, self.store.process_many, [p.publish for p in batch])
+                        self._executor, self.store.process_many, requests)
                 except Exception as error:
                     log.error("compositor failed: %s", error)
                     results = [StoreUnavailable(str(error))] * len(batch)
