@@ -129,6 +129,11 @@ def cmd_publish(args: argparse.Namespace, out) -> int:
 def _run(coroutine) -> int:
     """uvloop's event loop when installed (a large share of per-datagram overhead is the
     loop's), asyncio's own otherwise."""
+    # The loop thread and the store worker thread hand the interpreter lock back and forth
+    # once per batch; with the default 5 ms switch interval a finished store exchange can
+    # wait that long for the busy loop thread to let go, which shows up directly in response
+    # times. A shorter interval bounds that wait.
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
     except ImportError:

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+from concurrent.futures import Future
 from typing import Any, Sequence
 
 from domain import PublishRequest, StoreUnavailable
@@ -68,14 +69,23 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
 
 
 class StoreProcess:
-    """`process_many` of a Compositor living in a child process. Call it from one thread
-    at a time (the SIP server's single store worker)."""
+    """A Compositor living in a child process.
+
+    `submit(requests)` sends a batch and returns a Future of its results; batches are
+    handled strictly in the order they were submitted (one pipe, one child loop), so
+    several may be in flight while keeping per-resource order: the next batch crosses the
+    pipe while the child commits the current one. A receiver thread matches each answer to
+    its batch by sequence number; any exchange failure marks the process unusable and every
+    outstanding and later batch is answered StoreUnavailable (503), never a mismatched
+    result. `process_many(requests)` is the blocking form."""
 
     def __init__(self, url: str, *, expiry: bool = True, **options: Any) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._sequence = 0
+        self._pending: dict[int, tuple[Future, int]] = {}
+        self._pending_lock = threading.Lock()
         self._broken: str | None = None
         self.process = context.Process(
             target=_child_main, name="esc-store", daemon=True,
@@ -89,43 +99,63 @@ class StoreProcess:
         if status != "ready":
             self.process.join(5)
             raise RuntimeError(detail)
+        self._receiver = threading.Thread(target=self._receive, name="esc-store-recv",
+                                          daemon=True)
+        self._receiver.start()
+
+    def submit(self, requests: Sequence[PublishRequest]) -> Future:
+        future: Future = Future()
+        requests = list(requests)
+        with self._send_lock:
+            if self._broken:
+                future.set_result(self._unavailable(requests))
+                return future
+            self._sequence += 1
+            with self._pending_lock:
+                self._pending[self._sequence] = (future, len(requests))
+            try:
+                self._conn.send((self._sequence, requests))
+            except (OSError, BrokenPipeError, ValueError) as error:
+                self._fail(f"send failed: {error}")
+        return future
 
     def process_many(self, requests: Sequence[PublishRequest]) -> list[Any]:
-        with self._lock:
-            if self._broken:
-                return self._unavailable(requests)
+        return self.submit(requests).result()
+
+    def _receive(self) -> None:
+        while True:
             try:
-                self._conn.send(self._next(requests))
-                return self._check(self._conn.recv(), requests)
-            except (EOFError, OSError, BrokenPipeError) as error:
-                return self._fail(requests, str(error))
+                sequence, results = self._conn.recv()
+            except (EOFError, OSError, ValueError, TypeError) as error:
+                if not self._broken:
+                    self._fail(f"receive failed: {error}" if str(error) else "store exited")
+                return
+            with self._pending_lock:
+                expected = min(self._pending) if self._pending else None
+                entry = self._pending.pop(sequence, None) if sequence == expected else None
+            if entry is None or len(results) != entry[1]:
+                self._fail(f"answer for batch {sequence} while waiting for {expected}")
+                return
+            entry[0].set_result(results)
 
-    def _next(self, requests: Sequence[PublishRequest]) -> tuple[int, list]:
-        self._sequence += 1
-        return self._sequence, list(requests)
-
-    def _check(self, answer: tuple[int, list], requests: Sequence[PublishRequest]) -> list:
-        """Every answer names its batch: a mismatch means the pipe lost its framing, and
-        no result may then be trusted to belong to its request."""
-        sequence, results = answer
-        if sequence != self._sequence or len(results) != len(requests):
-            return self._fail(requests, f"answer for batch {sequence} while waiting for "
-                                        f"{self._sequence}")
-        return results
-
-    def _fail(self, requests: Sequence[PublishRequest], why: str) -> list[Any]:
-        # Once the exchange has failed part-way, the pipe's framing cannot be trusted:
+    def _fail(self, why: str) -> None:
+        # Once an exchange has failed part-way the pipe's framing cannot be trusted:
         # refuse from here on (the server answers 503) rather than risk a wrong answer.
         self._broken = why
         log.error("store process unusable (%s): answering 503 from now on", why)
-        return self._unavailable(requests)
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for future, count in pending.values():
+            if not future.done():
+                future.set_result([StoreUnavailable("store process unavailable")] * count)
 
     @staticmethod
     def _unavailable(requests: Sequence[PublishRequest]) -> list[Any]:
         return [StoreUnavailable("store process unavailable")] * len(requests)
 
     def close(self, timeout: float = 10.0) -> None:
-        with self._lock:
+        with self._send_lock:
+            self._broken = self._broken or "closed"
             try:
                 self._conn.send(None)
             except (OSError, BrokenPipeError):
@@ -134,4 +164,5 @@ class StoreProcess:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+        self._receiver.join(timeout)
         self._conn.close()

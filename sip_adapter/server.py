@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -63,6 +63,7 @@ class ServerConfig:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     limits: Limits = DEFAULT_LIMITS
     max_batch: int = 512
+    pipeline_depth: int = 2
     tcp_idle_timeout: float = 300.0
     tcp_read_timeout: float = 30.0
     max_tcp_connections: int = 10000
@@ -87,7 +88,9 @@ class SipServer:
         self._wakeup: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="esc-store")
         self._tasks: list[asyncio.Task] = []
-        self._in_flight = 0
+        self._in_flight = 0  # requests handed to the store and not yet answered
+        self._batches_in_flight = 0
+        self._slot: asyncio.Event | None = None
 
     def now(self) -> float:
         assert self._loop is not None
@@ -180,30 +183,52 @@ class SipServer:
     # ---- group commit -----------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
+        """Take queued PUBLISHes in arrival order, a batch at a time, and hand each batch to
+        the store. With a store that accepts submissions (the store process), up to
+        `pipeline_depth` batches are in flight: the next one travels while the current one
+        commits. The store handles them strictly in order, so per-resource order holds."""
         assert self._loop is not None and self._wakeup is not None
+        slot = asyncio.Event()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                if self._batches_in_flight >= self.config.pipeline_depth:
+                    slot.clear()
+                    self._slot = slot
+                    await slot.wait()
+                    continue
                 batch = self._queue[: self.config.max_batch]
                 del self._queue[: len(batch)]
-                self._in_flight = len(batch)
+                self._in_flight += len(batch)
+                self._batches_in_flight += 1
                 requests = [p.publish for p in batch]
-                try:
-                    # A worker thread does the store exchange: pickling and pipe I/O then
-                    # overlap the loop's parsing (measured: cheaper than doing it in the loop).
-                    results = await self._loop.run_in_executor(
-                        self._executor, self.store.process_many, requests)
-                except Exception as error:
-                    log.error("compositor failed: %s", error)
-                    results = [StoreUnavailable(str(error))] * len(batch)
-                now = self.now()
-                for pending, result in zip(batch, results):
-                    try:
-                        self.send(self.service.complete(pending, result, now))
-                    except Exception:
-                        log.exception("failed to answer a PUBLISH")
-                self._in_flight = 0
+                # One worker thread submits (pickling and pipe writes stay off the loop, and
+                # a single worker keeps submissions in order); results come back as futures.
+                submit = getattr(self.store, "submit", None)
+                if submit is not None:
+                    handed = self._loop.run_in_executor(self._executor, submit, requests)
+                else:
+                    handed = self._loop.run_in_executor(self._executor, _done_future,
+                                                        self.store.process_many, requests)
+                asyncio.create_task(self._answer_batch(batch, handed))
+
+    async def _answer_batch(self, batch: list[PendingPublish], handed: Any) -> None:
+        try:
+            results = await asyncio.wrap_future(await handed)
+        except Exception as error:
+            log.error("compositor failed: %s", error)
+            results = [StoreUnavailable(str(error))] * len(batch)
+        now = self.now()
+        for pending, result in zip(batch, results):
+            try:
+                self.send(self.service.complete(pending, result, now))
+            except Exception:
+                log.exception("failed to answer a PUBLISH")
+        self._in_flight -= len(batch)
+        self._batches_in_flight -= 1
+        if self._slot is not None:
+            self._slot.set()
 
     # ---- timers and connections -----------------------------------------------------------------
 
@@ -227,6 +252,13 @@ class SipServer:
 
     def connection_closed(self, connection: TCPProtocol) -> None:
         self._connections.discard(connection)
+
+
+def _done_future(function: Callable[..., Any], *args: Any) -> Future:
+    """Run a blocking `process_many` and wrap its result as an already-done future."""
+    future: Future = Future()
+    future.set_result(function(*args))
+    return future
 
 
 def _family(host: str) -> int:
