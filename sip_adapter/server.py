@@ -9,6 +9,7 @@ durability, and a single writer keeps per-resource order (DESIGN decisions 3 and
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,32 +102,57 @@ class SipServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        for listen in self.config.listen:
-            port = listen.port or self._shared_port(listen)
-            if listen.transport == "udp":
-                transport, _ = await self._loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(self), local_addr=(listen.host, port),
-                    family=_family(listen.host), reuse_port=False)
-                sock = transport.get_extra_info("socket")
-                for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
-                    except OSError:
-                        pass
-                self._udp.append(transport)
-                actual = transport.get_extra_info("sockname")[1]
-            else:
-                tls = listen.transport == "tls"
-                if tls and self.config.tls_context is None:
-                    raise ValueError("a tls: listener needs a certificate and key")
-                server = await self._loop.create_server(
-                    lambda name=listen.transport: TCPProtocol(self, name), host=listen.host,
-                    port=port, family=_family(listen.host), reuse_address=True, backlog=1024,
-                    ssl=self.config.tls_context if tls else None,
-                    ssl_handshake_timeout=10.0 if tls else None)
-                self._tcp.append(server)
-                actual = server.sockets[0].getsockname()[1]
-            self.bound.append((listen, actual))
+        for attempt in range(20):
+            try:
+                for listen in self.config.listen:
+                    await self._bind(listen)
+                break
+            except OSError as error:
+                # Port 0 picks a free UDP port, but the same number may be taken for TCP:
+                # with an ephemeral port, start over with another one.
+                ephemeral = any(listen.port == 0 for listen in self.config.listen)
+                if error.errno != errno.EADDRINUSE or not ephemeral or attempt == 19:
+                    self._close_listeners()
+                    raise
+                self._close_listeners()
+        await self._started()
+
+    async def _bind(self, listen: "Listen") -> None:
+        assert self._loop is not None
+        port = listen.port or self._shared_port(listen)
+        if listen.transport == "udp":
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: UDPProtocol(self), local_addr=(listen.host, port),
+                family=_family(listen.host), reuse_port=False)
+            sock = transport.get_extra_info("socket")
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+                except OSError:
+                    pass
+            self._udp.append(transport)
+            actual = transport.get_extra_info("sockname")[1]
+        else:
+            tls = listen.transport == "tls"
+            if tls and self.config.tls_context is None:
+                raise ValueError("a tls: listener needs a certificate and key")
+            server = await self._loop.create_server(
+                lambda name=listen.transport: TCPProtocol(self, name), host=listen.host,
+                port=port, family=_family(listen.host), reuse_address=True, backlog=1024,
+                ssl=self.config.tls_context if tls else None,
+                ssl_handshake_timeout=10.0 if tls else None)
+            self._tcp.append(server)
+            actual = server.sockets[0].getsockname()[1]
+        self.bound.append((listen, actual))
+
+    def _close_listeners(self) -> None:
+        for transport in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+        self._udp, self._tcp, self.bound = [], [], []
+
+    async def _started(self) -> None:
         self.accepting = True
         self._tasks = [asyncio.create_task(self._commit_loop(), name="esc-commit"),
                        asyncio.create_task(self._timer_loop(), name="esc-timers")]
