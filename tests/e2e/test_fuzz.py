@@ -26,12 +26,13 @@ from sip_adapter.framer import StreamFramer
 
 from .conftest import start_server
 from .test_torture_server import check_response, collect, read_answer, read_stream, wait_eof
+from tests.shared_material import RFC4475
 
 pytestmark = pytest.mark.e2e
 
 SEED = 3903
 LOOPBACK = "127.0.0.1"
-DIR = Path("/work/shared/conformance/rfc4475")
+DIR = RFC4475
 TORTURE = [p.read_bytes() for p in sorted(DIR.glob("*.dat"))]
 MAX_DATAGRAM = 65507  # the largest UDP payload IPv4 can carry
 

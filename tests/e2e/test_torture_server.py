@@ -36,10 +36,11 @@ from sip_adapter.message import Via, split_list
 from sip_adapter.parser import ParseError, parse_message
 
 from .conftest import start_server
+from tests.shared_material import RFC4475
 
 pytestmark = pytest.mark.e2e
 
-DIR = Path("/work/shared/conformance/rfc4475")
+DIR = RFC4475
 MANIFEST = json.loads((DIR / "manifest.json").read_bytes())
 BY_FILE = {entry["file"]: entry for entry in MANIFEST}
 LOOPBACK = "127.0.0.1"

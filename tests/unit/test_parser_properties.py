@@ -24,8 +24,9 @@ from sip_adapter.message import Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import make_response, render_response
 from sip_adapter.serializer import serialize
+from tests.shared_material import RFC4475
 
-TORTURE = [p.read_bytes() for p in sorted(Path("/work/shared/conformance/rfc4475").glob("*.dat"))]
+TORTURE = [p.read_bytes() for p in sorted(RFC4475.glob("*.dat"))]
 PUBLISH = (
     b"PUBLISH sip:alice@example.com SIP/2.0\r\n"
     b"Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKprop1;rport\r\n"

@@ -31,8 +31,9 @@ from sip_adapter.responses import make_response
 from sip_adapter.serializer import serialize
 from sip_adapter.transaction import transaction_key
 from sip_adapter.uri import AbsoluteUri, SipUri, parse_sip_uri
+from tests.shared_material import RFC4475
 
-DIR = Path("/work/shared/conformance/rfc4475")
+DIR = RFC4475
 MANIFEST = json.loads((DIR / "manifest.json").read_bytes())
 BY_FILE = {entry["file"]: entry for entry in MANIFEST}
 VALID = [e for e in MANIFEST if e["syntax"] == "valid"]

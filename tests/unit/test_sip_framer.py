@@ -13,6 +13,7 @@ from sip_adapter.limits import Limits
 from sip_adapter.message import Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.serializer import serialize
+from tests.shared_material import RFC4475
 
 BODY = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"/>\r\n'
 
@@ -181,7 +182,7 @@ def test_stream_matches_datagram_parsing():
 
 # --- robustness ----------------------------------------------------------------------------------
 
-TORTURE = sorted(Path("/work/shared/conformance/rfc4475").glob("*.dat"))
+TORTURE = sorted(RFC4475.glob("*.dat"))
 STREAMABLE = [publish(i) for i in range(3)] + [
     serialize(parse_message(p.read_bytes()))
     for p in TORTURE

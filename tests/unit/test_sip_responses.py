@@ -9,8 +9,9 @@ import pytest
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import make_response, render_response
 from sip_adapter.serializer import serialize
+from tests.shared_material import RFC4475
 
-TORTURE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+TORTURE = RFC4475
 
 PUBLISH = (b"PUBLISH sip:alice@example.com SIP/2.0\r\n"
            b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP proxy.example.com\r\n"

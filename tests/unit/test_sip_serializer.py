@@ -12,8 +12,9 @@ from sip_adapter.message import Headers, Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import REASON_PHRASES, make_response, reason_phrase
 from sip_adapter.serializer import serialize
+from tests.shared_material import RFC4475
 
-TORTURE = Path("/work/shared/conformance/rfc4475")
+TORTURE = RFC4475
 
 REQUEST = (
     b"PUBLISH sip:alice@example.com SIP/2.0\r\n"
