@@ -105,13 +105,23 @@ def server(server_factory) -> RunningServer:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (SIPp binds both).
+
+    The kernel hands out ephemeral UDP and TCP ports independently, so the
+    UDP port it picks may already be held by some TCP socket: try again.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as udp, \
-            socket.socket(family, socket.SOCK_STREAM) as tcp:
-        udp.bind((host, 0))
-        port = udp.getsockname()[1]
-        tcp.bind((host, port))
-        return port
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp, \
+                socket.socket(family, socket.SOCK_STREAM) as tcp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {host}")
 
 
 @dataclass
