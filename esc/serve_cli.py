@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from infrastructure.gc_tuning import tune_for_throughput
 from .config import ConfigError, ServeSettings, load_settings
 
 
@@ -134,6 +135,7 @@ def _run(coroutine) -> int:
     # wait that long for the busy loop thread to let go, which shows up directly in response
     # times. A shorter interval bounds that wait.
     sys.setswitchinterval(0.0005)
+    tune_for_throughput()
     try:
         import uvloop
     except ImportError:

@@ -44,6 +44,7 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
                         format="%(asctime)s %(levelname)s %(name)s[store]: %(message)s")
     from .compositor import Compositor
     from .expiry import ExpiryScheduler
+    from .gc_tuning import tune_for_throughput
 
     try:
         compositor = Compositor.open(url, **options)
@@ -51,6 +52,7 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
     scheduler = ExpiryScheduler(compositor).start() if expiry else None
+    tune_for_throughput()
     conn.send(("ready", None))
     try:
         while True:
