@@ -12,6 +12,7 @@ import re
 
 _UNRESERVED_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()")
+_SCHEME_FULLMATCH = re.compile(r"[a-z][a-z0-9+.-]*").fullmatch
 
 
 class InvalidResource(ValueError):
@@ -35,7 +36,7 @@ def address_of_record(uri: str) -> str:
     if not sep or not scheme or not rest:
         raise InvalidResource(f"not a URI: {uri!r}")
     scheme = scheme.lower()
-    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+    if scheme != "sip" and scheme != "sips" and not _SCHEME_FULLMATCH(scheme):
         raise InvalidResource(f"bad URI scheme in {uri!r}")
     if scheme not in ("sip", "sips"):
         # tel:, pres:, im: ... have no host part to normalise; drop parameters only.
@@ -48,7 +49,9 @@ def address_of_record(uri: str) -> str:
     if not at:
         userinfo, hostport = "", rest
     hostport = hostport.split(";", 1)[0]
-    user = _unescape_unreserved(userinfo.split(":", 1)[0])  # drop any password
+    user = userinfo.split(":", 1)[0]  # drop any password
+    if "%" in user:
+        user = _unescape_unreserved(user)
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:

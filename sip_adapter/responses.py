@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .limits import ParseError
-from .message import Headers, NameAddr, Request, Response
+from .message import Headers, NameAddr, Request, Response, split_list
 
 __all__ = ["make_response", "REASON_PHRASES", "reason_phrase"]
 
@@ -114,8 +114,12 @@ def render_response(
     *,
     to_tag: str,
     server: str | None = "esc",
+    top_via: str | None = None,
 ) -> bytes:
     """`serialize(make_response(...))` for a body-less response, written straight to bytes.
+
+    `top_via`, when given, replaces the request's first via-parm in the copy (the server
+    passes it with `received` / `rport` set, RFC 3261 18.2.1), leaving the request as it is.
 
     This is the server's hot path (every PUBLISH is answered through it), so it skips the
     intermediate Headers object; `tests/unit/test_sip_responses.py` holds it to the same
@@ -124,7 +128,15 @@ def render_response(
         raise ValueError(f"status {status} out of range")
     source = request.headers
     lines = [f"SIP/2.0 {status} {reason if reason is not None else reason_phrase(status)}"]
-    lines.extend(f"Via: {value}" for value in source.lines("Via"))
+    vias = source.lines("Via")
+    if top_via is not None and vias:
+        first = vias[0]
+        if "," in first:
+            elements = split_list(first)
+            elements[0] = top_via
+            top_via = ", ".join(elements)
+        vias[0] = top_via
+    lines.extend(f"Via: {value}" for value in vias)
     from_value = source.get("From")
     if from_value is not None:
         lines.append(f"From: {from_value}")

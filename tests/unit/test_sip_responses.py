@@ -57,3 +57,19 @@ def torture_requests():
 def test_same_bytes_for_torture_requests(request_):
     general, fast = both(request_, 400)
     assert fast == general
+
+
+def test_top_via_replaces_only_the_first_via_parm_and_leaves_the_request_alone():
+    request = parse_message(PUBLISH)
+    stamped = request.top_via.with_params(received="198.51.100.7", rport="40000")
+    data = render_response(request, 200, to_tag="T", top_via=stamped)
+    answer = parse_message(data)
+    assert [v.raw for v in answer.vias] == [
+        "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport=40000;received=198.51.100.7",
+        "SIP/2.0/TCP proxy.example.com",
+        "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK0",
+    ]
+    # the request keeps what it arrived with (a retransmission is matched against it)
+    assert request.top_via.raw == "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport"
+    assert render_response(request, 200, to_tag="T") == \
+        render_response(request, 200, to_tag="T", top_via=None)
