@@ -63,7 +63,11 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
             if batch is None:
                 break
             sequence, requests = batch
-            conn.send((sequence, compositor.process_many(requests)))
+            # Answer as soon as the batch is durable; the read model follows before the
+            # next batch is decided (its per-resource limit reads the view).
+            results, recordings = compositor.commit_many(requests)
+            conn.send((sequence, results))
+            compositor.project(recordings)
     finally:
         if scheduler is not None:
             scheduler.stop()

@@ -245,6 +245,13 @@ class SipServer:
         except Exception as error:
             log.error("compositor failed: %s", error)
             results = [StoreUnavailable(str(error))] * len(batch)
+        # The store is done with this batch: let the commit loop hand it the next one
+        # before spending time on the answers, so the store process does not sit idle
+        # while this process renders and sends them.
+        self._batches_in_flight -= 1
+        if self._slot is not None:
+            self._slot.set()
+            await asyncio.sleep(0)
         now = self.now()
         for pending, result in zip(batch, results):
             try:
@@ -252,9 +259,6 @@ class SipServer:
             except Exception:
                 log.exception("failed to answer a PUBLISH")
         self._in_flight -= len(batch)
-        self._batches_in_flight -= 1
-        if self._slot is not None:
-            self._slot.set()
 
     # ---- timers and connections -----------------------------------------------------------------
 
