@@ -91,15 +91,13 @@ def transaction_key(request: Request) -> tuple:
     )
 
 
-class _Entry:
-    __slots__ = ("source", "transport", "reliable", "response", "provisional")
-
-    def __init__(self, source: tuple, transport: str) -> None:
-        self.source = source
-        self.transport = transport
-        self.reliable = transport.upper() in RELIABLE_TRANSPORTS
-        self.response: bytes | None = None
-        self.provisional: bytes | None = None
+# A transaction's state is a plain tuple (reliable, final response, last provisional),
+# replaced rather than changed on each step. Plain tuples of plain values on purpose: the
+# garbage collector stops tracking them after one look, so the 64*T1 seconds of
+# transactions a busy server holds cost it nothing (an object per transaction made every
+# older-generation collection scan them all, pausing the server for tens of ms).
+_Entry = tuple  # (bool, bytes | None, bytes | None)
+_RELIABLE, _RESPONSE, _PROVISIONAL = 0, 1, 2
 
 
 class TransactionTable:
@@ -138,15 +136,15 @@ class TransactionTable:
         key = transaction_key(request)
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.response is not None:
-                return Retransmit(entry.response)
-            if entry.provisional is not None:
-                return Retransmit(entry.provisional)
+            if entry[_RESPONSE] is not None:
+                return Retransmit(entry[_RESPONSE])
+            if entry[_PROVISIONAL] is not None:
+                return Retransmit(entry[_PROVISIONAL])
             return ABSORB
         if method == "CANCEL" and key[:-1] not in self._targets:
             return ABSORB
         self._make_room()
-        self._entries[key] = _Entry(source, transport)
+        self._entries[key] = (transport.upper() in RELIABLE_TRANSPORTS, None, None)
         self._proceeding[key] = now + self.proceeding_timeout
         if method != "CANCEL":
             self._targets[key[:-1]] = key
@@ -156,8 +154,8 @@ class TransactionTable:
         """Remember the last provisional response sent (17.2.2: a retransmission in
         Proceeding gets it again)."""
         entry = self._entries.get(key)
-        if entry is not None and entry.response is None:
-            entry.provisional = response
+        if entry is not None and entry[_RESPONSE] is None:
+            self._entries[key] = (entry[_RELIABLE], None, response)
 
     def on_response(self, key: tuple, response: bytes, now: float) -> None:
         """Store the final response and start Timer J (64*T1 on an unreliable transport; 0 on
@@ -166,17 +164,16 @@ class TransactionTable:
         retransmission is still answered from it."""
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry((), "UDP")
+            entry = (False, None, None)
             self._make_room()
             self._entries[key] = entry
-        elif entry.response is not None:
+        elif entry[_RESPONSE] is not None:
             return  # one final response per transaction
         self._proceeding.pop(key, None)
-        if entry.reliable and not self.linger_reliable:
+        if entry[_RELIABLE] and not self.linger_reliable:
             self._drop(key)
             return
-        entry.response = response
-        entry.provisional = None
+        self._entries[key] = (entry[_RELIABLE], response, None)
         self._completed[key] = now + self.timer_j
 
     def expire(self, now: float) -> int:
