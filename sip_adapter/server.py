@@ -153,6 +153,9 @@ class SipServer:
         self._udp, self._tcp, self.bound = [], [], []
 
     async def _started(self) -> None:
+        attach = getattr(self.store, "attach", None)
+        if attach is not None:  # a store that can exchange batches through this loop
+            attach(self._loop)
         self.accepting = True
         self._tasks = [asyncio.create_task(self._commit_loop(), name="esc-commit"),
                        asyncio.create_task(self._timer_loop(), name="esc-timers")]
@@ -183,6 +186,9 @@ class SipServer:
             transport.close()
         for connection in list(self._connections):
             connection.close()
+        detach = getattr(self.store, "detach", None)
+        if detach is not None:  # back to blocking I/O, so that it can be closed anywhere
+            detach()
         self._executor.shutdown(wait=True)
 
     # ---- messages in ---------------------------------------------------------------------------
@@ -229,19 +235,24 @@ class SipServer:
                 self._in_flight += len(batch)
                 self._batches_in_flight += 1
                 requests = [p.publish for p in batch]
-                # One worker thread submits (pickling and pipe writes stay off the loop, and
-                # a single worker keeps submissions in order); results come back as futures.
+                submit_async = getattr(self.store, "submit_async", None)
+                if submit_async is not None and getattr(self.store, "attached", False):
+                    # The store process, attached to this loop: no thread in between.
+                    asyncio.create_task(self._answer_batch(batch, submit_async(requests)))
+                    continue
+                # Otherwise one worker thread submits (a blocking store stays off the loop,
+                # and a single worker keeps submissions in order).
                 submit = getattr(self.store, "submit", None)
                 if submit is not None:
                     handed = self._loop.run_in_executor(self._executor, submit, requests)
                 else:
                     handed = self._loop.run_in_executor(self._executor, _done_future,
                                                         self.store.process_many, requests)
-                asyncio.create_task(self._answer_batch(batch, handed))
+                asyncio.create_task(self._answer_batch(batch, _unwrap(handed)))
 
-    async def _answer_batch(self, batch: list[PendingPublish], handed: Any) -> None:
+    async def _answer_batch(self, batch: list[PendingPublish], results_future: Any) -> None:
         try:
-            results = await asyncio.wrap_future(await handed)
+            results = await results_future
         except Exception as error:
             log.error("compositor failed: %s", error)
             results = [StoreUnavailable(str(error))] * len(batch)
@@ -282,6 +293,11 @@ class SipServer:
 
     def connection_closed(self, connection: TCPProtocol) -> None:
         self._connections.discard(connection)
+
+
+async def _unwrap(handed: Any) -> Any:
+    """The results of a batch submitted through the worker thread."""
+    return await asyncio.wrap_future(await handed)
 
 
 def _done_future(function: Callable[..., Any], *args: Any) -> Future:
