@@ -31,6 +31,9 @@ from domain import PublishRequest, StoreUnavailable
 log = logging.getLogger("esc.store")
 
 _PR_SET_PDEATHSIG = 1
+# The most requests the store process commits in one transaction when several batches
+# wait for it (each batch is at most the server's max_batch).
+MAX_MERGED_REQUESTS = 2048
 
 
 def _die_with_parent() -> None:
@@ -60,18 +63,38 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     tune_for_throughput()
     conn.send(("ready", None))
     try:
-        while True:
+        stopping = False
+        while not stopping:
             try:
                 batch = conn.recv()
             except EOFError:
                 break
             if batch is None:
                 break
-            sequence, requests = batch
+            # Batches that queued up in the pipe while the last one committed are decided
+            # and committed together (one transaction, one fsync), in order, each still
+            # answered on its own. Under load this grows the group commit by itself.
+            batches = [batch]
+            waiting = len(batch[1])
+            while waiting < MAX_MERGED_REQUESTS and conn.poll(0):
+                try:
+                    more = conn.recv()
+                except EOFError:
+                    stopping = True
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batches.append(more)
+                waiting += len(more[1])
+            requests = [r for _, batch_requests in batches for r in batch_requests]
             # Answer as soon as the batch is durable; the read model follows before the
             # next batch is decided (its per-resource limit reads the view).
             results, recordings = compositor.commit_many(requests)
-            conn.send((sequence, results))
+            start = 0
+            for sequence, batch_requests in batches:
+                conn.send((sequence, results[start:start + len(batch_requests)]))
+                start += len(batch_requests)
             compositor.project(recordings)
     finally:
         if scheduler is not None:

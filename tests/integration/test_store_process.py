@@ -98,3 +98,26 @@ def test_one_mode_at_a_time(store, pidf):
 
     with pytest.raises(RuntimeError):
         asyncio.run(attach())
+
+
+def test_batches_waiting_together_are_answered_each_with_its_own_results(store, pidf):
+    # Sent back to back, these reach the store process together and may be committed in
+    # one transaction; each batch must still get exactly its own answers, in order.
+    stale = PublishRequest("sip:x@example.com", "presence", None, None, 60,
+                           "00000000000000000000000000000000.nope")
+    batches = [[initial("x", pidf("open"))], [stale, stale],
+               [initial("y", pidf("open")), stale, initial("z", pidf("closed"))]]
+
+    async def exchange():
+        store.attach(asyncio.get_running_loop())
+        try:
+            futures = [store.submit_async(batch) for batch in batches]
+            return [await future for future in futures]
+        finally:
+            store.detach()
+
+    first, second, third = asyncio.run(exchange())
+    assert len(first) == 1 and isinstance(first[0], Accepted)
+    assert [r.status for r in second] == [412, 412]
+    assert isinstance(third[0], Accepted) and third[1].status == 412
+    assert isinstance(third[2], Accepted)
