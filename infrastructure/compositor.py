@@ -38,7 +38,7 @@ from domain.publication import NO_AUDIT
 
 from .records import Accepted, EventRecord, Found, event_record
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
-from .transcodings import BytesAsBase64
+from .transcodings import BytesAsBase64, FastJSONTranscoder
 from .view import CurrentStateView, LivePublication
 
 log = logging.getLogger("esc.compositor")
@@ -157,6 +157,15 @@ class Compositor(Application):
                 except Exception as error:  # only loading speed depends on snapshots
                     log.warning("snapshot not taken (loading stays correct): %s", error)
         return recordings
+
+    def construct_transcoder(self):  # type: ignore[override]
+        # eventsourcing's JSON format, written with orjson where that gives the same bytes
+        # to read back (infrastructure/transcodings.py); a configured TRANSCODER_TOPIC wins.
+        if self.env.get("TRANSCODER_TOPIC"):
+            return super().construct_transcoder()
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
