@@ -64,7 +64,7 @@ class ServerConfig:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     limits: Limits = DEFAULT_LIMITS
     max_batch: int = 512
-    pipeline_depth: int = 4
+    pipeline_depth: int = 2
     tcp_idle_timeout: float = 300.0
     tcp_read_timeout: float = 30.0
     max_tcp_connections: int = 10000
