@@ -21,6 +21,7 @@ which lets expiry pop from the front of insertion-ordered dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from sys import intern
 from typing import Hashable, Union
 
 from .message import Request
@@ -75,7 +76,9 @@ def transaction_key(request: Request) -> tuple:
         method = "INVITE"
     branch = via.branch
     if branch and len(branch) > len(MAGIC_COOKIE) and branch.startswith(MAGIC_COOKIE):
-        return ("3261", branch, via.host.lower(), via.port, method)
+        # Host and method repeat across the table: one shared copy of each (the table
+        # holds up to max_entries keys for 64*T1 seconds).
+        return ("3261", branch, intern(via.host.lower()), via.port, intern(method))
     to = request.to
     from_ = request.from_
     cseq = request.cseq
