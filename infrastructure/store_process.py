@@ -60,8 +60,9 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
     scheduler = ExpiryScheduler(compositor).start() if expiry else None
-    # Start-up objects frozen, default thresholds: aggregates leave the cache as cyclic
-    # garbage, which larger thresholds let pile up (36 MB more with a million publications).
+    # Start-up objects frozen, default thresholds: with the SIP process's larger threshold
+    # this process ended the million-publication benchmark 40 MB larger (cause not found;
+    # see gc_tuning.py).
     tune_for_throughput(young_threshold=None)
     conn.send(("ready", None))
     try:
