@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import heapq
 import logging
-import secrets
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -36,6 +35,7 @@ from domain import (Audit, CompositorError, ConditionalRequestFailed, EventPacka
 from domain.packages import DEFAULT_PACKAGES
 from domain.publication import NO_AUDIT
 
+from .random_pool import RANDOM
 from .records import Accepted, EventRecord, Found, event_record
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
 from .transcodings import BytesAsBase64, FastJSONTranscoder
@@ -50,33 +50,10 @@ Result = Accepted | CompositorError
 SNAPSHOT_INTERVAL = 50
 
 
-class _SecretPool:
-    """Random bytes from the kernel's CSPRNG, fetched 4 KiB at a time (one getrandom call
-    per 341 entity-tags rather than one each) and handed out without reuse. Guarded by a
-    lock: the expiry scheduler and request batches may run in different threads."""
-
-    def __init__(self, chunk: int = 4092) -> None:
-        self._chunk = chunk
-        self._pool = b""
-        self._offset = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bytes:
-        with self._lock:
-            offset = self._offset
-            if offset + size > len(self._pool):
-                self._pool, offset = secrets.token_bytes(max(self._chunk, size)), 0
-            self._offset = offset + size
-            return self._pool[offset:offset + size]
-
-
-_SECRETS = _SecretPool()
-
-
 def new_secret() -> str:
     """The random part of an entity-tag: 96 bits, URL-safe (a SIP token), as
     secrets.token_urlsafe(12) gives."""
-    return base64.urlsafe_b64encode(_SECRETS.take(12)).rstrip(b"=").decode("ascii")
+    return base64.urlsafe_b64encode(RANDOM.take(12)).rstrip(b"=").decode("ascii")
 
 
 class Compositor(Application):

@@ -297,11 +297,7 @@ class StoreProcess:
         if loop is None:
             return
         fd = self._conn.fileno()
-        try:
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
-        except Exception:  # the loop may be closed already
-            pass
+        self._unwatch(loop)
         if self._outbox:
             try:  # the last batches were accepted by the caller: hand them over
                 os.set_blocking(fd, True)
@@ -327,11 +323,14 @@ class StoreProcess:
             if not future.done():
                 future.set_result([StoreUnavailable("store process unavailable")] * count)
         if self._loop is not None:
-            try:
-                self._loop.remove_reader(self._conn.fileno())
-                self._loop.remove_writer(self._conn.fileno())
-            except Exception:
-                pass
+            self._unwatch(self._loop)
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.remove_reader(self._conn.fileno())
+            loop.remove_writer(self._conn.fileno())
+        except Exception:  # the loop or the pipe may be closed already
+            pass
 
     @staticmethod
     def _unavailable(requests: Sequence[PublishRequest]) -> list[Any]:

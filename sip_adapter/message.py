@@ -138,6 +138,15 @@ def split_list(value: str) -> list[str]:
     return out
 
 
+def replace_first_via_parm(line: str, value: str) -> str:
+    """A Via header line with its first via-parm replaced by `value`, the others kept."""
+    if "," not in line:
+        return value
+    elements = split_list(line)
+    elements[0] = value
+    return ", ".join(elements)
+
+
 def _check_text(name: str, value: str) -> None:
     if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
         raise ValueError("header name or value contains CR, LF or (in the name) ':'")
@@ -213,6 +222,12 @@ class Headers:
         if key in LIST_HEADERS:
             return [e for value in values for e in split_list(value) if e]
         return list(values)
+
+    def by_key(self) -> Mapping[str, list[str]]:
+        """Every header line's value by lower-cased canonical name ("call-id", "event"), in
+        order, unsplit: the index the lookups use, for code that reads several headers of
+        every message. A view to read, not to change."""
+        return self._idx()
 
     def lines(self, name: str) -> list[str]:
         """The value of each header line with this name, unsplit."""
@@ -692,9 +707,7 @@ class Request(Message):
         lines = self.headers.lines("Via")
         if not lines:
             raise ValueError("request has no Via")
-        elements = split_list(lines[0])
-        elements[0] = value
-        first = ", ".join(elements)
+        first = replace_first_via_parm(lines[0], value)
         fields = self.headers._fields
         for i, (name, _) in enumerate(fields):
             if name == "Via":

@@ -28,7 +28,7 @@ def to_publish_request(request, origin: Origin, identity: str | None = None,
     # One look at the parsed header index (lower-cased names, one entry per header line)
     # instead of a lookup per header: this runs for every PUBLISH.
     headers = request.headers
-    index = headers._idx()
+    index = headers.by_key()
     events = index.get("event")
     if not events:
         # RFC 3903 section 6 step 2: a missing Event header is a 489 as well.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .limits import ParseError
-from .message import Headers, NameAddr, Request, Response, split_list
+from .message import Headers, NameAddr, Request, Response, replace_first_via_parm
 
 __all__ = ["make_response", "REASON_PHRASES", "reason_phrase"]
 
@@ -130,12 +130,7 @@ def render_response(
     lines = [f"SIP/2.0 {status} {reason if reason is not None else reason_phrase(status)}"]
     vias = source.lines("Via")
     if top_via is not None and vias:
-        first = vias[0]
-        if "," in first:
-            elements = split_list(first)
-            elements[0] = top_via
-            top_via = ", ".join(elements)
-        vias[0] = top_via
+        vias[0] = replace_first_via_parm(vias[0], top_via)
     lines.extend(f"Via: {value}" for value in vias)
     from_value = source.get("From")
     if from_value is not None:

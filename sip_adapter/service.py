@@ -10,11 +10,11 @@ Time is always passed in (`now`); nothing here reads a clock or touches a socket
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from domain import CompositorError, InvalidResource, PublishRequest, address_of_record
+from infrastructure.random_pool import RANDOM
 
 from .authorization import Policy
 from .digest import Authenticated
@@ -74,26 +74,9 @@ class Received:
     pending: PendingPublish | None = None
 
 
-class _RandomTags:
-    """To-tags from the kernel's CSPRNG, drawn 4 KiB at a time: one getrandom call per
-    680 responses instead of one per response (the tags stay unpredictable)."""
-
-    __slots__ = ("_pool", "_offset")
-    SIZE = 6  # bytes: 12 hex digits, as secrets.token_hex(6)
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._offset = 0
-
-    def __call__(self) -> str:
-        offset = self._offset
-        if offset + self.SIZE > len(self._pool):
-            self._pool, offset = secrets.token_bytes(4092), 0
-        self._offset = offset + self.SIZE
-        return self._pool[offset:offset + self.SIZE].hex()
-
-
-_new_tag = _RandomTags()
+def _new_tag() -> str:
+    """A To-tag: 48 random bits as 12 hex digits (what secrets.token_hex(6) gives)."""
+    return RANDOM.take(6).hex()
 
 
 class SipService:

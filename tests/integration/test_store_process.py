@@ -21,6 +21,20 @@ def initial(user: str, body: bytes) -> PublishRequest:
     return PublishRequest(f"sip:{user}@example.com", "presence", body, PIDF, 600)
 
 
+def exchange_through_a_loop(store: StoreProcess, batches: list[list[PublishRequest]]):
+    """Attach `store` to a fresh event loop, send every batch back to back, collect the
+    answers, detach."""
+    async def exchange():
+        store.attach(asyncio.get_running_loop())
+        try:
+            futures = [store.submit_async(batch) for batch in batches]
+            return [await future for future in futures]
+        finally:
+            store.detach()
+
+    return asyncio.run(exchange())
+
+
 @pytest.fixture
 def store(store_url):
     process = StoreProcess(store_url, expiry=False)
@@ -48,15 +62,7 @@ def test_loop_mode_pipelines_batches_larger_than_the_pipe(store, store_url, pidf
 
     batches = [[initial(f"u{b}-{i}", body(i)) for i in range(2500)] for b in range(3)]
 
-    async def exchange():
-        store.attach(asyncio.get_running_loop())
-        try:
-            futures = [store.submit_async(batch) for batch in batches]
-            return [await future for future in futures]
-        finally:
-            store.detach()
-
-    answers = asyncio.run(exchange())
+    answers = exchange_through_a_loop(store, batches)
     assert [len(a) for a in answers] == [2500, 2500, 2500]
     assert all(isinstance(r, Accepted) and r.expires == 600 for a in answers for r in a)
     # After detaching, the blocking form works again on the same process.
@@ -108,15 +114,7 @@ def test_batches_waiting_together_are_answered_each_with_its_own_results(store, 
     batches = [[initial("x", pidf("open"))], [stale, stale],
                [initial("y", pidf("open")), stale, initial("z", pidf("closed"))]]
 
-    async def exchange():
-        store.attach(asyncio.get_running_loop())
-        try:
-            futures = [store.submit_async(batch) for batch in batches]
-            return [await future for future in futures]
-        finally:
-            store.detach()
-
-    first, second, third = asyncio.run(exchange())
+    first, second, third = exchange_through_a_loop(store, batches)
     assert len(first) == 1 and isinstance(first[0], Accepted)
     assert [r.status for r in second] == [412, 412]
     assert isinstance(third[0], Accepted) and third[1].status == 412
