@@ -1,7 +1,7 @@
 """The pure model of an RFC 3903 Event State Compositor: no I/O, no clock, no threads."""
 
 from .errors import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
-                     InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
+                     InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                      UnsupportedMediaType)
 from .etags import compose_etag, publication_id_of
 from .packages import (BUILT_IN, DEFAULT_PACKAGES, EventPackage, EventPackages,
@@ -13,7 +13,7 @@ from .resource import InvalidResource, address_of_record
 __all__ = [
     "Audit", "BUILT_IN", "BadEvent", "Classified", "CompositorError",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
-    "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InvalidBody", "InvalidResource",
+    "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",
     "TooManyPublications", "UnsupportedMediaType", "address_of_record", "body_hash",
     "classify", "compose_etag", "custom_package", "publication_id_of",

@@ -102,6 +102,14 @@ class TooManyPublications(CompositorError):
     reason = "Too Many Publications For Resource"
 
 
+class InternalError(CompositorError):
+    """A fault of ours (a bug, in our code or a library's) while deciding this one request.
+    Only this request fails; the rest of its batch is decided as if it were not there."""
+
+    status = 500
+    reason = "Server Internal Error"
+
+
 class StoreUnavailable(CompositorError):
     """The event store could not durably record the change; nothing was stored."""
 

@@ -47,14 +47,16 @@ def well_formed_xml(body: bytes) -> None:
     except _Refused:
         raise InvalidBody("body is not acceptable XML: DTDs and entity declarations are "
                           "refused") from None
-    except (expat.ExpatError, ValueError) as error:
+    except (expat.ExpatError, ValueError, LookupError) as error:
+        # LookupError: an XML declaration naming an encoding Python does not know
+        # (`encoding="nope"`), which expat asks the codecs registry for.
         raise InvalidBody(f"body is not well-formed XML: {error}") from None
 
 
 def parse_xml(body: bytes) -> Element:
     try:
         return SafeET.fromstring(body, forbid_dtd=True)
-    except (XMLParseError, DefusedXmlException, ValueError) as error:
+    except (XMLParseError, DefusedXmlException, ValueError, LookupError) as error:
         raise InvalidBody(f"body is not well-formed XML: {error}") from None
 
 

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, PersistenceError
 
 from domain import (Audit, CompositorError, ConditionalRequestFailed, EventPackages,
-                    ExpiryPolicy, Operation, Publication, PublishRequest, StoreUnavailable,
+                    ExpiryPolicy, InternalError, Operation, Publication, PublishRequest, StoreUnavailable,
                     address_of_record, classify, compose_etag, publication_id_of)
 from domain.packages import DEFAULT_PACKAGES
 from domain.publication import NO_AUDIT
@@ -48,6 +48,20 @@ Result = Accepted | CompositorError
 # How many events between snapshots: a publication refreshed 10,000 times is loaded from
 # its latest snapshot plus fewer than this many events.
 SNAPSHOT_INTERVAL = 50
+
+
+# Failures of the store itself while deciding (a read): they fail the whole batch with 503,
+# unlike a fault on one request's input, which fails that request alone.
+_STORE_ERRORS = (PersistenceError, OSError)
+
+
+class _FaultyRequest(Exception):
+    """Deciding request `index` raised something that is not a refusal."""
+
+    def __init__(self, index: int, error: InternalError) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
 
 
 def new_secret() -> str:
@@ -72,6 +86,7 @@ class Compositor(Application):
         self.clock = clock
         self.max_per_resource = max_per_resource
         self._write_lock = threading.RLock()
+        self._loaded: set[UUID] = set()  # ids loaded by the request being decided
         self._created_in_batch: dict[tuple[str, str], int] = {}
         self.view = CurrentStateView(config.view_path)
         self.catch_up()
@@ -197,13 +212,27 @@ class Compositor(Application):
                     now: float | None = None) -> tuple[list[Result], list[Any]]:
         """`process_many` without the view update: the results (every change already
         durable) and the recordings to pass to `project` next. The store process answers
-        in between, so the SIP side is not kept waiting for the read model."""
+        in between, so the SIP side is not kept waiting for the read model.
+
+        A request whose decision raises anything but a refusal (a bug of ours or of a
+        library, on this request's input) is answered InternalError on its own, and the
+        batch is decided again without it, from freshly loaded aggregates, so that its
+        batch-mates are committed exactly as if it had never been there. Only a failure of
+        the store itself (reading or saving) fails the whole batch."""
         now = self.now(now)
+        faulty: dict[int, InternalError] = {}
         with self._write_lock:
-            for _ in range(5):
+            attempts = 0
+            while True:
                 touched: dict[UUID, Publication] = {}
+                self._loaded = set()
                 try:
-                    results = self._decide_all(requests, now, touched)
+                    results = self._decide_all(requests, now, touched, faulty)
+                except _FaultyRequest as fault:
+                    self._evict(touched)
+                    self._evict(dict.fromkeys(self._loaded))
+                    faulty[fault.index] = fault.error
+                    continue
                 except Exception as error:  # loading from the store failed
                     self._evict(touched)
                     log.error("event store read failed: %s", error)
@@ -217,27 +246,43 @@ class Compositor(Application):
                     # Another process or node wrote one of these publications first:
                     # reload them and decide again (DESIGN decision 4).
                     self._evict(touched)
-                    continue
+                    attempts += 1
+                    if attempts < 5:
+                        continue
+                    failure = StoreUnavailable(
+                        "too many concurrent writes to the same publications")
+                    return [failure] * len(requests), []
                 except Exception as error:  # the store is down, full, or read-only
                     self._evict(touched)
                     log.error("event store save failed: %s", error)
                     failure = StoreUnavailable(f"event store save failed: {error}")
                     return [failure] * len(requests), []
                 return results, recordings
-            failure = StoreUnavailable("too many concurrent writes to the same publications")
-            return [failure] * len(requests), []
 
     def _decide_all(self, requests: Sequence[PublishRequest], now: float,
-                    touched: dict[UUID, Publication]) -> list[Result]:
+                    touched: dict[UUID, Publication],
+                    faulty: dict[int, InternalError] | None = None) -> list[Result]:
         """Decide each request in order, collecting the aggregates they change in
-        `touched` (filled in place, so a failure part-way can still evict them)."""
+        `touched` (filled in place, so a failure part-way can still evict them). Requests
+        in `faulty` are skipped (answered with their error); a new fault raises
+        _FaultyRequest."""
         results: list[Result] = []
         self._created_in_batch: dict[tuple[str, str], int] = {}
-        for request in requests:
+        for index, request in enumerate(requests):
+            if faulty and index in faulty:
+                results.append(faulty[index])
+                continue
             try:
                 results.append(self._decide(request, now, touched))
             except CompositorError as refusal:
                 results.append(refusal)
+            except _STORE_ERRORS:
+                raise
+            except Exception as error:
+                log.error("internal error deciding a PUBLISH for %s (%s): %s: %s",
+                          request.aor, request.event, type(error).__name__, error)
+                raise _FaultyRequest(index, InternalError(
+                    f"internal error: {type(error).__name__}")) from error
         return results
 
     def _decide(self, request: PublishRequest, now: float,
@@ -320,6 +365,7 @@ class Compositor(Application):
                 f"{aor} already has {live} live {event_package} publications")
 
     def _load(self, publication_id: UUID) -> Publication | None:
+        self._loaded.add(publication_id)
         try:
             aggregate = self.repository.get(publication_id)
         except AggregateNotFoundError:

@@ -8,7 +8,7 @@ they can be read (and changed) in one place.
 from __future__ import annotations
 
 from domain import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
-                    InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
+                    InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                     UnsupportedMediaType)
 
 #: error class -> (status, reason phrase)
@@ -21,6 +21,7 @@ RESPONSES: dict[type[CompositorError], tuple[int, str]] = {
     InvalidBody: (400, "Invalid Body"),
     TooManyPublications: (403, "Too Many Publications For Resource"),
     StoreUnavailable: (503, "Service Unavailable"),
+    InternalError: (500, "Server Internal Error"),
 }
 
 
