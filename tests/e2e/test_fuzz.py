@@ -26,7 +26,7 @@ from sip_adapter.framer import StreamFramer
 
 from .conftest import start_server
 from .test_torture_server import check_response, collect, read_answer, read_stream, wait_eof
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 pytestmark = pytest.mark.e2e
 

@@ -36,7 +36,7 @@ from sip_adapter.message import Via, split_list
 from sip_adapter.parser import ParseError, parse_message
 
 from .conftest import start_server
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from sip_adapter.message import Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import make_response, render_response
 from sip_adapter.serializer import serialize
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 TORTURE = [p.read_bytes() for p in sorted(RFC4475.glob("*.dat"))]
 PUBLISH = (

@@ -1,4 +1,4 @@
-"""RFC 4475 torture messages, driven by /work/shared/conformance/rfc4475/manifest.json.
+"""RFC 4475 torture messages, driven by tests/data/rfc4475/manifest.json.
 
 - `syntax: valid`: parse_message returns the message of the manifest's kind, and the fields the
   RFC singles out come out right.
@@ -31,7 +31,7 @@ from sip_adapter.responses import make_response
 from sip_adapter.serializer import serialize
 from sip_adapter.transaction import transaction_key
 from sip_adapter.uri import AbsoluteUri, SipUri, parse_sip_uri
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 DIR = RFC4475
 MANIFEST = json.loads((DIR / "manifest.json").read_bytes())

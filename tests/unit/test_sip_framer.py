@@ -13,7 +13,7 @@ from sip_adapter.limits import Limits
 from sip_adapter.message import Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.serializer import serialize
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 BODY = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"/>\r\n'
 

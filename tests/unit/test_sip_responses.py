@@ -9,7 +9,7 @@ import pytest
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import make_response, render_response
 from sip_adapter.serializer import serialize
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 TORTURE = RFC4475
 

@@ -12,7 +12,7 @@ from sip_adapter.message import Headers, Request, Response
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import REASON_PHRASES, make_response, reason_phrase
 from sip_adapter.serializer import serialize
-from tests.shared_material import RFC4475
+from tests.conformance_data import RFC4475
 
 TORTURE = RFC4475
 
