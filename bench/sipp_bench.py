@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_PEERS = REPO.parent / "shared" / "peers"
+DEFAULT_PEERS = HERE / "peers"
 DEFAULT_SCENARIO = HERE / "scenarios" / "publish_cycle.xml"
 HOST = "127.0.0.1"
 ALL_SERVERS = ("esc", "kamailio-sqlite", "kamailio-memory")
