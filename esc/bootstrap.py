@@ -19,11 +19,17 @@ def open_compositor(store: str, **options: Any) -> Compositor:
     return Compositor.open(store, **options)
 
 
+class StoreGaveUp(Exception):
+    """The store process kept failing and could not be restarted: the server exits
+    non-zero, so that its service manager restarts it."""
+
+
 async def serve(settings, listens) -> int:
     """Run `esc serve` until SIGTERM or SIGINT; then stop reading, finish, exit 0."""
     from sip_adapter.limits import Limits
     from sip_adapter.server import ServerConfig, SipServer
     from sip_adapter.service import ServiceConfig
+    from sip_adapter.store_gateway import GatewayConfig
 
     from .config import package_body_limits
 
@@ -32,9 +38,13 @@ async def serve(settings, listens) -> int:
     options = dict(events=settings.events, default_expires=settings.default_expires,
                    min_expires=settings.min_expires, max_expires=settings.max_expires,
                    cache_size=settings.cache_size, max_per_resource=settings.max_per_resource)
-    # The compositor and its expiry scheduler run in a process of their own, so parsing and
-    # committing use both cores (see infrastructure/store_process.py).
-    store = await loop.run_in_executor(None, lambda: StoreProcess(settings.store, **options))
+
+    def start_store_process():
+        # The compositor and its expiry scheduler run in a process of their own, so parsing
+        # and committing use both cores (see infrastructure/store_process.py); the server's
+        # gateway starts it again whenever it dies.
+        return StoreProcess.start(settings.store, **options)
+
     authenticator, policy = _authentication(settings)
     if authenticator is None:
         log.warning("authentication is OFF: any client may publish for any resource "
@@ -52,26 +62,30 @@ async def serve(settings, listens) -> int:
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,
                     max_body_size=settings.max_message_size)
-    server = SipServer(store, ServerConfig(
-        listen=listens, service=service, limits=limits, max_batch=settings.max_batch,
+    gateway = GatewayConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                            max_queue_bytes=settings.max_queue_bytes,
+                            max_wait=settings.max_queue_wait,
+                            store_timeout=settings.store_timeout)
+    stop = asyncio.Event()
+    server = SipServer(start_store_process, ServerConfig(
+        listen=listens, service=service, limits=limits, gateway=gateway,
         tcp_idle_timeout=settings.tcp_idle_timeout, tcp_read_timeout=settings.tcp_read_timeout,
         max_tcp_connections=settings.max_tcp_connections,
         tls_context=_tls_context(settings)),
-        announce=lambda line: print(line, flush=True))
-    stop = asyncio.Event()
+        announce=lambda line: print(line, flush=True), on_fatal=lambda why: stop.set())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-        log.info("store %s; events %s; expiry %s..%s s (default %s)",
-                 redact_url(settings.store),
-                 ",".join(packages.names), settings.min_expires, settings.max_expires,
-                 settings.default_expires)
-        await stop.wait()
-        log.info("stopping: finishing requests in flight")
-        await server.stop()
-    finally:
-        await loop.run_in_executor(None, store.close)
+    await server.start()
+    log.info("store %s; events %s; expiry %s..%s s (default %s)",
+             redact_url(settings.store),
+             ",".join(packages.names), settings.min_expires, settings.max_expires,
+             settings.default_expires)
+    await stop.wait()
+    if server.fatal is not None:
+        await server.stop(drain_timeout=0)
+        raise StoreGaveUp(server.fatal)
+    log.info("stopping: finishing requests in flight")
+    await server.stop()
     return 0
 
 

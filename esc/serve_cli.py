@@ -43,6 +43,15 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--rate-limit", type=float,
                    help="requests per second per source address, 0 = off (5000)")
     p.add_argument("--rate-burst", type=float, help="burst allowed above the rate (10000)")
+    p.add_argument("--max-queue", type=int,
+                   help="most PUBLISHes waiting for the store; beyond it 503 (4096)")
+    p.add_argument("--max-queue-bytes", type=int,
+                   help="their total size in bytes; beyond it 503 (16777216)")
+    p.add_argument("--max-queue-wait", type=float,
+                   help="seconds a PUBLISH may wait for the store before it is answered 503 (5)")
+    p.add_argument("--store-timeout", type=float,
+                   help="seconds without an answer from the store process before it is "
+                        "restarted (5)")
     p.add_argument("--auth-file", help="file of HA1 credentials: turns SIP Digest on")
     p.add_argument("--realm", help="Digest realm (default: the first --domain, else the host)")
     p.add_argument("--policy-file", help="TOML file: which users may publish for which AORs")
@@ -86,7 +95,7 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         raise CommandError(str(error)) from None
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .bootstrap import serve
+    from .bootstrap import StoreGaveUp, serve
 
     try:
         return _run(serve(settings, listens))
@@ -94,6 +103,8 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         raise CommandError(f"cannot listen: {error.strerror or error}", 3) from None
     except RuntimeError as error:  # the store process could not open the store
         raise CommandError(f"cannot open store {settings.store}: {error}", 3) from None
+    except StoreGaveUp as error:  # the store kept failing: let the service manager restart us
+        raise CommandError(f"store failed: {error}", 3) from None
 
 
 def cmd_publish(args: argparse.Namespace, out) -> int:
@@ -130,11 +141,6 @@ def cmd_publish(args: argparse.Namespace, out) -> int:
 def _run(coroutine) -> int:
     """uvloop's event loop when installed (a large share of per-datagram overhead is the
     loop's), asyncio's own otherwise."""
-    # The loop thread and the store worker thread hand the interpreter lock back and forth
-    # once per batch; with the default 5 ms switch interval a finished store exchange can
-    # wait that long for the busy loop thread to let go, which shows up directly in response
-    # times. A shorter interval bounds that wait.
-    sys.setswitchinterval(0.0005)
     tune_for_throughput()
     try:
         import uvloop

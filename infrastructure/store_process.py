@@ -9,6 +9,11 @@ pickling cost is paid per batch, not per request.
 Nothing about durability changes: the child answers a batch only after its save returned,
 and the SIP process sends no response before it has that answer. The child dies with its
 parent (PR_SET_PDEATHSIG), so a `kill -9` of the server leaves no orphan writing the store.
+
+`StoreProcess` is a `Committer` (committer.py): it lives on the SIP process's event loop,
+which writes the batches and reads the answers itself (no thread, no lock). When the child
+dies or the pipe breaks, every outstanding batch is answered StoreUnavailable and
+`failure` completes; replacing it is the supervisor's job (sip_adapter/store_gateway.py).
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import os
 import pickle
 import signal
 import struct
-import threading
-from concurrent.futures import Future
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Sequence
 
-from domain import PublishRequest, StoreUnavailable
+from domain import PublishRequest
+
+from .committer import Result, unavailable
 
 log = logging.getLogger("esc.store")
 
@@ -106,125 +111,60 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
 
 
 class StoreProcess:
-    """A Compositor living in a child process.
+    """A Compositor living in a child process, exchanging batches through the event loop.
 
-    `submit(requests)` sends a batch and returns a Future of its results; batches are
-    handled strictly in the order they were submitted (one pipe, one child loop), so
-    several may be in flight while keeping per-resource order: the next batch crosses the
-    pipe while the child commits the current one. A receiver thread matches each answer to
-    its batch by sequence number; any exchange failure marks the process unusable and every
-    outstanding and later batch is answered StoreUnavailable (503), never a mismatched
-    result. `process_many(requests)` is the blocking form.
+    `submit(requests)` pickles and writes the batch from the loop and returns a future
+    that the loop's reader completes. Batches are handled strictly in the order they were
+    submitted (one pipe, one child loop), so several may be in flight while keeping
+    per-resource order. The frames are multiprocessing's own (a 4-byte big-endian length,
+    then the pickle), so the child's blocking `Connection.recv`/`send` loop reads them.
+    Any exchange failure makes the process unusable: every outstanding and later batch is
+    answered StoreUnavailable (503), never a mismatched result."""
 
-    `attach(loop)` switches to the event loop's own I/O instead: `submit_async(requests)`
-    pickles and writes the batch from the loop and returns an asyncio future that the
-    loop's reader completes. No thread and no lock is involved, so under load the SIP
-    process does not hand the interpreter lock back and forth three times per batch. The
-    frames are multiprocessing's own (a 4-byte big-endian length, then the pickle), so the
-    child's blocking `Connection.recv`/`send` loop is the same in both modes."""
-
-    def __init__(self, url: str, *, expiry: bool = True, **options: Any) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._send_lock = threading.Lock()
+    def __init__(self, process: Any, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.process = process
+        self._conn = conn
+        self._loop = loop
         self._sequence = 0
-        self._pending: dict[int, tuple[Future, int]] = {}
-        self._pending_lock = threading.Lock()
-        self._broken: str | None = None
-        self.process = context.Process(
-            target=_child_main, name="esc-store", daemon=True,
-            args=(child_conn, url, options, expiry, logging.getLogger().level))
-        self.process.start()
-        child_conn.close()
-        try:
-            status, detail = self._conn.recv()
-        except EOFError:
-            status, detail = "error", "store process exited while opening the store"
-        if status != "ready":
-            self.process.join(5)
-            raise RuntimeError(detail)
-        self._receiver: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, tuple[asyncio.Future[list[Result]], int]] = {}
+        self._failure: asyncio.Future[str] = loop.create_future()
         self._inbox = bytearray()
         self._outbox = bytearray()
+        self._fd = conn.fileno()
+        os.set_blocking(self._fd, False)
+        loop.add_reader(self._fd, self._on_readable)
 
-    # ---- thread mode ----------------------------------------------------------------------
-
-    def submit(self, requests: Sequence[PublishRequest]) -> Future:
-        if self._loop is not None:
-            raise RuntimeError("attached to an event loop: use submit_async")
-        future: Future = Future()
-        requests = list(requests)
-        with self._send_lock:
-            if self._receiver is None and not self._broken:
-                self._receiver = threading.Thread(target=self._receive,
-                                                  name="esc-store-recv", daemon=True)
-                self._receiver.start()
-            if self._broken:
-                future.set_result(self._unavailable(requests))
-                return future
-            self._sequence += 1
-            with self._pending_lock:
-                self._pending[self._sequence] = (future, len(requests))
-            try:
-                self._conn.send((self._sequence, requests))
-            except (OSError, BrokenPipeError, ValueError) as error:
-                self._fail(f"send failed: {error}")
-        return future
-
-    def process_many(self, requests: Sequence[PublishRequest]) -> list[Any]:
-        return self.submit(requests).result()
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                sequence, results = self._conn.recv()
-            except (EOFError, OSError, ValueError, TypeError) as error:
-                if not self._broken:
-                    self._fail(f"receive failed: {error}" if str(error) else "store exited")
-                return
-            with self._pending_lock:
-                expected = min(self._pending) if self._pending else None
-                entry = self._pending.pop(sequence, None) if sequence == expected else None
-            if entry is None or len(results) != entry[1]:
-                self._fail(f"answer for batch {sequence} while waiting for {expected}")
-                return
-            entry[0].set_result(results)
-
-    # ---- event-loop mode ------------------------------------------------------------------
+    @classmethod
+    async def start(cls, url: str, *, expiry: bool = True, **options: Any) -> "StoreProcess":
+        """Start the child, wait (off the loop) until its store is open. A store that cannot
+        be opened raises RuntimeError with the child's one-line reason."""
+        loop = asyncio.get_running_loop()
+        process, conn = await loop.run_in_executor(
+            None, lambda: _spawn(url, options, expiry))
+        return cls(process, conn, loop)
 
     @property
-    def attached(self) -> bool:
-        return self._loop is not None
+    def pid(self) -> int | None:
+        return self.process.pid
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Exchange batches through `loop` from now on (see the class docstring)."""
-        with self._send_lock:
-            if self._receiver is not None:
-                raise RuntimeError("already exchanging through threads")
-            self._loop = loop
-            fd = self._conn.fileno()
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, self._on_readable)
+    @property
+    def failure(self) -> asyncio.Future[str]:
+        return self._failure
 
-    def submit_async(self, requests: Sequence[PublishRequest]) -> "asyncio.Future[list[Any]]":
-        """Send a batch from the attached loop; the future gets its results in order."""
-        loop = self._loop
-        assert loop is not None, "attach(loop) first"
-        future = loop.create_future()
+    def submit(self, requests: Sequence[PublishRequest]) -> asyncio.Future[list[Result]]:
+        future: asyncio.Future[list[Result]] = self._loop.create_future()
         requests = list(requests)
-        if self._broken:
-            future.set_result(self._unavailable(requests))
+        if self._failure.done():
+            future.set_result(unavailable(len(requests), "store process unavailable"))
             return future
         self._sequence += 1
-        self._pending[self._sequence] = (future, len(requests))
         try:
             payload = ForkingPickler.dumps((self._sequence, requests))
         except Exception as error:  # cannot happen with our own dataclasses; stay safe
-            self._pending.pop(self._sequence, None)
             log.error("could not encode a batch for the store: %s", error)
-            future.set_result(self._unavailable(requests))
+            future.set_result(unavailable(len(requests), "store process unavailable"))
             return future
+        self._pending[self._sequence] = (future, len(requests))
         self._write(struct.pack("!i", len(payload)) + bytes(payload))
         return future
 
@@ -233,7 +173,7 @@ class StoreProcess:
             self._outbox += frame
             return
         try:
-            written = os.write(self._conn.fileno(), frame)
+            written = os.write(self._fd, frame)
         except BlockingIOError:
             written = 0
         except OSError as error:
@@ -241,31 +181,30 @@ class StoreProcess:
             return
         if written < len(frame):
             self._outbox += frame[written:]
-            assert self._loop is not None
-            self._loop.add_writer(self._conn.fileno(), self._on_writable)
+            self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
         try:
-            written = os.write(self._conn.fileno(), self._outbox)
+            written = os.write(self._fd, self._outbox)
         except BlockingIOError:
             return
         except OSError as error:
             self._fail(f"send failed: {error}")
             return
         del self._outbox[:written]
-        if not self._outbox and self._loop is not None:
-            self._loop.remove_writer(self._conn.fileno())
+        if not self._outbox:
+            self._loop.remove_writer(self._fd)
 
     def _on_readable(self) -> None:
         try:
-            chunk = os.read(self._conn.fileno(), 1 << 20)
+            chunk = os.read(self._fd, 1 << 20)
         except BlockingIOError:
             return
         except OSError as error:
             self._fail(f"receive failed: {error}")
             return
         if not chunk:
-            self._fail("store exited")
+            self._fail("store process exited")
             return
         inbox = self._inbox
         inbox += chunk
@@ -291,63 +230,76 @@ class StoreProcess:
             if not entry[0].done():
                 entry[0].set_result(results)
 
-    def detach(self) -> None:
-        """Leave the event loop (call from its thread); later exchanges block again."""
-        loop, self._loop = self._loop, None
-        if loop is None:
+    def _fail(self, why: str) -> None:
+        # Once an exchange has failed part-way the pipe's framing cannot be trusted:
+        # refuse from here on rather than risk a wrong answer.
+        if self._failure.done():
             return
-        fd = self._conn.fileno()
-        self._unwatch(loop)
-        if self._outbox:
-            try:  # the last batches were accepted by the caller: hand them over
-                os.set_blocking(fd, True)
-                os.write(fd, bytes(self._outbox))
-            except OSError:
-                pass
-            self._outbox.clear()
+        log.error("store process unusable (%s)", why)
+        self._failure.set_result(why)
+        pending, self._pending = self._pending, {}
+        for future, count in pending.values():
+            if not future.done():
+                future.set_result(unavailable(count, "store process unavailable"))
         try:
-            os.set_blocking(fd, True)
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        except Exception:  # the loop may be closed already
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the child (it hung); outstanding batches are answered unavailable."""
+        try:
+            self.process.kill()
+        except Exception:
+            pass
+        self._fail("killed")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Let the child finish what it was sent, then stop it; kill it if it lingers."""
+        if not self._failure.done():
+            self._write(_END_FRAME)
+            # Answers still due are read by the loop while we wait for the exit.
+            deadline = self._loop.time() + timeout
+            while self._pending and not self._failure.done() and self._loop.time() < deadline:
+                await asyncio.sleep(0.01)
+        await self._loop.run_in_executor(None, self._reap, timeout)
+        self._fail("closed")
+        try:
+            self._conn.close()
         except OSError:
             pass
 
-    # ---- both -------------------------------------------------------------------------------
-
-    def _fail(self, why: str) -> None:
-        # Once an exchange has failed part-way the pipe's framing cannot be trusted:
-        # refuse from here on (the server answers 503) rather than risk a wrong answer.
-        self._broken = why
-        log.error("store process unusable (%s): answering 503 from now on", why)
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
-        for future, count in pending.values():
-            if not future.done():
-                future.set_result([StoreUnavailable("store process unavailable")] * count)
-        if self._loop is not None:
-            self._unwatch(self._loop)
-
-    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            loop.remove_reader(self._conn.fileno())
-            loop.remove_writer(self._conn.fileno())
-        except Exception:  # the loop or the pipe may be closed already
-            pass
-
-    @staticmethod
-    def _unavailable(requests: Sequence[PublishRequest]) -> list[Any]:
-        return [StoreUnavailable("store process unavailable")] * len(requests)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.detach()
-        with self._send_lock:
-            self._broken = self._broken or "closed"
-            try:
-                self._conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
+    def _reap(self, timeout: float) -> None:
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        if self._receiver is not None:
-            self._receiver.join(timeout)
-        self._conn.close()
+
+
+# `None`, pickled as multiprocessing frames it: the child's "no more batches".
+_NONE_PICKLE = bytes(ForkingPickler.dumps(None))
+_END_FRAME = struct.pack("!i", len(_NONE_PICKLE)) + _NONE_PICKLE
+
+
+def _spawn(url: str, options: dict[str, Any], expiry: bool) -> tuple[Any, Any]:
+    """Start the child and wait for its store to open (blocking: run it off the loop)."""
+    context = multiprocessing.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    process = context.Process(
+        target=_child_main, name="esc-store", daemon=True,
+        args=(child_conn, url, options, expiry, logging.getLogger().level))
+    process.start()
+    child_conn.close()
+    try:
+        status, detail = conn.recv()
+    except (EOFError, OSError):
+        status, detail = "error", "store process exited while opening the store"
+    if status != "ready":
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        conn.close()
+        raise RuntimeError(detail)
+    return process, conn

@@ -1,9 +1,10 @@
-"""The SIP server: listeners, the publication committer, timers and graceful shutdown.
+"""The SIP server: listeners, the store gateway, timers and graceful shutdown.
 
-PUBLISH requests are queued in arrival order and committed in groups by one worker thread:
-while one batch is being saved (one transaction, one fsync), the next one gathers. Every
-response of a batch is sent only after its save returned, so no 200 OK precedes
-durability, and a single writer keeps per-resource order (DESIGN decisions 3 and 4).
+Transports hand every message to `dispatch`; the protocol core (`SipService`) answers it
+or returns a PUBLISH for the store, which is `offer`ed to the `StoreGateway`: the one
+place that bounds what waits for the store, batches it (group commit), and supervises the
+store process. Every response of a batch is sent only after the store said it is durable
+(DESIGN decision 3); batches are handled in arrival order (decision 4).
 """
 
 from __future__ import annotations
@@ -12,22 +13,19 @@ import asyncio
 import errno
 import logging
 import socket
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable
 
-from domain import PublishRequest, StoreUnavailable
+from infrastructure.committer import Committer, Result
 
 from .limits import DEFAULT_LIMITS, Limits
+from .rate_limit import Verdict
 from .routing import Origin
 from .service import Outgoing, PendingPublish, ServiceConfig, SipService
+from .store_gateway import GatewayConfig, StoreGateway
 from .transport import TCPProtocol, UDPProtocol
 
 log = logging.getLogger("esc.server")
-
-
-class PublicationStore(Protocol):
-    def process_many(self, requests: Sequence[PublishRequest]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -63,35 +61,34 @@ class ServerConfig:
                                                           Listen("tcp", "0.0.0.0", 5060)])
     service: ServiceConfig = field(default_factory=ServiceConfig)
     limits: Limits = DEFAULT_LIMITS
-    max_batch: int = 512
-    pipeline_depth: int = 2
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tcp_idle_timeout: float = 300.0
     tcp_read_timeout: float = 30.0
     max_tcp_connections: int = 10000
     tls_context: Any = None  # ssl.SSLContext for tls: listeners
+    tls_handshake_timeout: float = 10.0
 
 
 class SipServer:
-    def __init__(self, store: PublicationStore, config: ServerConfig,
-                 announce: Callable[[str], None] = print) -> None:
-        self.store = store
+    def __init__(self, start_committer: Callable[[], Awaitable[Committer]],
+                 config: ServerConfig, announce: Callable[[str], None] = print,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.limits = config.limits
         self.service = SipService(config.service)
         self.announce = announce
         self.accepting = False
         self.bound: list[tuple[Listen, int]] = []
+        self.fatal: str | None = None  # why the server must exit, once it must
+        self._on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.AbstractServer] = []
         self._connections: set[TCPProtocol] = set()
-        self._queue: list[PendingPublish] = []
-        self._wakeup: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="esc-store")
         self._tasks: list[asyncio.Task] = []
-        self._in_flight = 0  # requests handed to the store and not yet answered
-        self._batches_in_flight = 0
-        self._slot: asyncio.Event | None = None
+        self.gateway = StoreGateway(start_committer, config.gateway, answer=self._answer,
+                                    on_availability=self._store_availability,
+                                    on_give_up=self._give_up, clock=self.now)
 
     def now(self) -> float:
         assert self._loop is not None
@@ -100,8 +97,10 @@ class SipServer:
     # ---- start / stop ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the store, bind every listener, announce them. Raises if the store cannot
+        be opened or a listener cannot be bound."""
         self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
+        await self.gateway.start()
         for attempt in range(20):
             try:
                 for listen in self.config.listen:
@@ -113,6 +112,7 @@ class SipServer:
                 ephemeral = any(listen.port == 0 for listen in self.config.listen)
                 if error.errno != errno.EADDRINUSE or not ephemeral or attempt == 19:
                     self._close_listeners()
+                    await self.gateway.close()
                     raise
                 self._close_listeners()
         await self._started()
@@ -136,11 +136,13 @@ class SipServer:
             tls = listen.transport == "tls"
             if tls and self.config.tls_context is None:
                 raise ValueError("a tls: listener needs a certificate and key")
+            # TLS is started on each accepted connection once it is counted (transport.py).
+            context = self.config.tls_context if tls else None
+            timeout = self.config.tls_handshake_timeout
             server = await self._loop.create_server(
-                lambda name=listen.transport: TCPProtocol(self, name), host=listen.host,
-                port=port, family=_family(listen.host), reuse_address=True, backlog=1024,
-                ssl=self.config.tls_context if tls else None,
-                ssl_handshake_timeout=10.0 if tls else None)
+                lambda name=listen.transport: TCPProtocol(self, name, context, timeout),
+                host=listen.host, port=port, family=_family(listen.host),
+                reuse_address=True, backlog=1024)
             self._tcp.append(server)
             actual = server.sockets[0].getsockname()[1]
         self.bound.append((listen, actual))
@@ -153,12 +155,8 @@ class SipServer:
         self._udp, self._tcp, self.bound = [], [], []
 
     async def _started(self) -> None:
-        attach = getattr(self.store, "attach", None)
-        if attach is not None:  # a store that can exchange batches through this loop
-            attach(self._loop)
         self.accepting = True
-        self._tasks = [asyncio.create_task(self._commit_loop(), name="esc-commit"),
-                       asyncio.create_task(self._timer_loop(), name="esc-timers")]
+        self._tasks = [asyncio.create_task(self._timer_loop(), name="esc-timers")]
         for listen, actual in self.bound:
             self.announce(f"listening {listen.describe(actual)}")
 
@@ -176,35 +174,41 @@ class SipServer:
         self.accepting = False
         for server in self._tcp:
             server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_timeout
-        while (self._queue or self._in_flight) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await self.gateway.drain(drain_timeout)
         for task in self._tasks:
             task.cancel()
         for transport in self._udp:
             transport.close()
         for connection in list(self._connections):
             connection.close()
-        detach = getattr(self.store, "detach", None)
-        if detach is not None:  # back to blocking I/O, so that it can be closed anywhere
-            detach()
-        self._executor.shutdown(wait=True)
+        await self.gateway.close()
 
     # ---- messages in ---------------------------------------------------------------------------
 
-    def dispatch(self, message: Any, origin: Origin) -> None:
+    def admit(self, host: str) -> Verdict:
+        """The per-source rate limit's verdict, before the message is even parsed."""
+        return self.service.admit(host, self.now())
+
+    def retry_after(self, host: str) -> int:
+        return self.service.retry_after(host, self.now())
+
+    def dispatch(self, message: Any, origin: Origin, refused: bool = False) -> None:
+        now = self.now()
         try:
-            received = self.service.receive(message, origin, self.now())
+            received = self.service.receive(message, origin, now, refused=refused)
         except Exception:  # never let one message take the server down
             log.exception("failed to handle a message from %s", origin.describe())
             return
         for outgoing in received.replies:
             self.send(outgoing)
-        if received.pending is not None:
-            self._queue.append(received.pending)
-            assert self._wakeup is not None
-            self._wakeup.set()
+        pending = received.pending
+        if pending is not None:
+            refusal = self.gateway.offer(pending, pending.size)
+            if refusal is not None:
+                self._answer(pending, refusal)
+
+    def _answer(self, pending: PendingPublish, result: Result) -> None:
+        self.send(self.service.complete(pending, result, self.now()))
 
     def send(self, outgoing: Outgoing) -> None:
         try:
@@ -212,64 +216,17 @@ class SipServer:
         except Exception as error:
             log.debug("send to %s failed: %s", outgoing.destination, error)
 
-    # ---- group commit -----------------------------------------------------------------------------
+    # ---- the store's state ------------------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        """Take queued PUBLISHes in arrival order, a batch at a time, and hand each batch to
-        the store. With a store that accepts submissions (the store process), up to
-        `pipeline_depth` batches are in flight: the next one travels while the current one
-        commits. The store handles them strictly in order, so per-resource order holds."""
-        assert self._loop is not None and self._wakeup is not None
-        slot = asyncio.Event()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                if self._batches_in_flight >= self.config.pipeline_depth:
-                    slot.clear()
-                    self._slot = slot
-                    await slot.wait()
-                    continue
-                batch = self._queue[: self.config.max_batch]
-                del self._queue[: len(batch)]
-                self._in_flight += len(batch)
-                self._batches_in_flight += 1
-                requests = [p.publish for p in batch]
-                submit_async = getattr(self.store, "submit_async", None)
-                if submit_async is not None and getattr(self.store, "attached", False):
-                    # The store process, attached to this loop: no thread in between.
-                    asyncio.create_task(self._answer_batch(batch, submit_async(requests)))
-                    continue
-                # Otherwise one worker thread submits (a blocking store stays off the loop,
-                # and a single worker keeps submissions in order).
-                submit = getattr(self.store, "submit", None)
-                if submit is not None:
-                    handed = self._loop.run_in_executor(self._executor, submit, requests)
-                else:
-                    handed = self._loop.run_in_executor(self._executor, _done_future,
-                                                        self.store.process_many, requests)
-                asyncio.create_task(self._answer_batch(batch, _unwrap(handed)))
+    def _store_availability(self, available: bool) -> None:
+        # While the store is away, OPTIONS is answered 503 too, so that a balancer that
+        # pings with OPTIONS (Kamailio's dispatcher does) moves traffic elsewhere.
+        self.service.store_available = available
 
-    async def _answer_batch(self, batch: list[PendingPublish], results_future: Any) -> None:
-        try:
-            results = await results_future
-        except Exception as error:
-            log.error("compositor failed: %s", error)
-            results = [StoreUnavailable(str(error))] * len(batch)
-        # The store is done with this batch: let the commit loop hand it the next one
-        # before spending time on the answers, so the store process does not sit idle
-        # while this process renders and sends them.
-        self._batches_in_flight -= 1
-        if self._slot is not None:
-            self._slot.set()
-            await asyncio.sleep(0)
-        now = self.now()
-        for pending, result in zip(batch, results):
-            try:
-                self.send(self.service.complete(pending, result, now))
-            except Exception:
-                log.exception("failed to answer a PUBLISH")
-        self._in_flight -= len(batch)
+    def _give_up(self, why: str) -> None:
+        self.fatal = why
+        if self._on_fatal is not None:
+            self._on_fatal(why)
 
     # ---- timers and connections -----------------------------------------------------------------
 
@@ -279,6 +236,8 @@ class SipServer:
             now = self.now()
             self.service.tick(now)
             for connection in list(self._connections):
+                if connection.handshaking:
+                    continue  # the handshake has its own timeout
                 idle = now - connection.last_activity
                 stalled = connection.partial_since is not None and \
                     now - connection.partial_since > self.config.tcp_read_timeout
@@ -294,17 +253,9 @@ class SipServer:
     def connection_closed(self, connection: TCPProtocol) -> None:
         self._connections.discard(connection)
 
-
-async def _unwrap(handed: Any) -> Any:
-    """The results of a batch submitted through the worker thread."""
-    return await asyncio.wrap_future(await handed)
-
-
-def _done_future(function: Callable[..., Any], *args: Any) -> Future:
-    """Run a blocking `process_many` and wrap its result as an already-done future."""
-    future: Future = Future()
-    future.set_result(function(*args))
-    return future
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
 
 
 def _family(host: str) -> int:

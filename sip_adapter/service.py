@@ -19,10 +19,11 @@ from infrastructure.random_pool import RANDOM
 from .authorization import Policy
 from .digest import Authenticated
 from .error_responses import response_for
+from .message import Request
 from .parser import ParseError
 from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
-from .rate_limit import RateLimiter
+from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
 from .transaction import New, Retransmit, TransactionTable
 
@@ -66,6 +67,7 @@ class PendingPublish:
     origin: Origin
     key: Any
     received_at: float = 0.0
+    size: int = 0  # bytes of SIP message it holds while it waits (admission control)
 
 
 @dataclass
@@ -90,17 +92,45 @@ class SipService:
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst) \
             if config.rate_limit else None
         self.max_body = dict(config.max_body_per_package)
+        # Set by the server: False while the store is restarting (PUBLISH and OPTIONS are
+        # then answered 503, so that OPTIONS-pinging balancers fail over).
+        self.store_available = True
+        self.unavailable_retry_after = 2
         self.stats = {"requests": 0, "retransmissions": 0, "parse_errors": 0, "dropped": 0}
 
     # ---- in -------------------------------------------------------------------------------
 
-    def receive(self, message: Any, origin: Origin, now: float) -> Received:
+    def admit(self, source: str, now: float) -> Verdict:
+        """The per-source rate limit, asked before a message is parsed (so it covers
+        retransmissions too): admit it, refuse it with a 503, or drop it unanswered."""
+        if self.limiter is None:
+            return Verdict.ADMIT
+        verdict = self.limiter.check(source, now)
+        if verdict is not Verdict.ADMIT:
+            self.stats["rate_limited"] = self.stats.get("rate_limited", 0) + 1
+        return verdict
+
+    def retry_after(self, source: str, now: float) -> int:
+        return self.limiter.retry_after(source, now) if self.limiter is not None else 1
+
+    def receive(self, message: Any, origin: Origin, now: float,
+                refused: bool = False) -> Received:
+        """`refused`: the rate limiter's verdict was REFUSE: answer 503 with Retry-After,
+        keep nothing."""
         if isinstance(message, ParseError):
+            if refused:
+                return Received()
             return self._parse_error(message, origin)
-        if not hasattr(message, "method"):
+        if not isinstance(message, Request):
             return Received()  # a response: we are a UAS only, nothing to match it to
         self.stats["requests"] += 1
         request = message
+        if refused:
+            if request.method == "ACK":
+                return Received()
+            retry = self.retry_after(origin.address[0], now)
+            return self._answer(request, origin, None, now, 503, "Rate Limit Exceeded",
+                                [("Retry-After", str(retry))])
         decision = self.transactions.on_request(request, origin.address, origin.transport, now)
         if isinstance(decision, Retransmit):
             self.stats["retransmissions"] += 1
@@ -112,11 +142,6 @@ class SipService:
         method = request.method
         if method == "ACK":
             return Received()
-        if self.limiter is not None and not self.limiter.allow(origin.address[0], now):
-            self.stats["rate_limited"] = self.stats.get("rate_limited", 0) + 1
-            retry = self.limiter.retry_after(origin.address[0], now)
-            return self._answer(request, origin, key, now, 503, "Rate Limit Exceeded",
-                                [("Retry-After", str(retry))])
         if method != "CANCEL":
             try:
                 request.parsed_uri  # noqa: B018 - sip:/sips: only (RFC 3261 8.2.2.1)
@@ -128,6 +153,9 @@ class SipService:
             if unsupported:
                 return self._answer(request, origin, key, now, 420, "Bad Extension",
                                     [("Unsupported", ", ".join(unsupported))])
+        if not self.store_available and method in ("OPTIONS", "PUBLISH"):
+            return self._answer(request, origin, key, now, 503, "Service Unavailable",
+                                [("Retry-After", str(self.unavailable_retry_after))])
         if method == "OPTIONS":
             return self._answer(request, origin, key, now, 200, "OK", self._capabilities())
         if method == "PUBLISH":
@@ -173,7 +201,8 @@ class SipService:
         limit = self.max_body.get(publish.event.split(";", 1)[0].strip().lower())
         if limit is not None and publish.body is not None and len(publish.body) > limit:
             return self._answer(request, origin, key, now, 413, "Body Too Large For Package")
-        return Received(pending=PendingPublish(request, publish, origin, key, now))
+        size = len(request.body) + sum(len(n) + len(v) for n, v in request.headers)
+        return Received(pending=PendingPublish(request, publish, origin, key, now, size))
 
     # ---- out ------------------------------------------------------------------------------
 
@@ -199,8 +228,8 @@ class SipService:
     def _parse_error(self, error: ParseError, origin: Origin) -> Received:
         """Answer a malformed request when it can be addressed; drop it otherwise."""
         self.stats["parse_errors"] += 1
-        partial = getattr(error, "partial", None)
-        if partial is None or not hasattr(partial, "method") or partial.method == "ACK":
+        partial = error.partial
+        if not isinstance(partial, Request) or partial.method == "ACK":
             self.stats["dropped"] += 1
             return Received()
         try:

@@ -568,10 +568,13 @@ def test_burst_from_one_source_gets_503_with_retry_after(server_factory):
     answers = [parse_response(m.replace("\n", "\r\n").encode()) for m in
                re.findall(r"^(SIP/2\.0 \d{3} .*?\n\n)", trace, re.S | re.M)]
     statuses = [a.status for a in answers]
+    # Every call ends with one answer: within the rate a 200; beyond it a 503 (at most
+    # `rate` refusals a second are answered, the rest dropped until SIPp retransmits).
     assert len(statuses) == 40 and set(statuses) <= {200, 503}, statuses
     served, refused = statuses.count(200), statuses.count(503)
-    assert 5 <= served <= 15, f"burst 5 at 20/s: {served} served of 40"
-    assert refused >= 25
+    assert served >= 5 and refused >= 5, (served, refused)
+    sent = len(re.findall(r"^OPTIONS sip:", trace, re.M))
+    assert sent > 40, "some requests beyond the limit were dropped and retransmitted"
     for answer in answers:
         if answer.status == 503:
             assert re.fullmatch(r"[1-9]\d*", answer.headers.get("retry-after", "")), answer.raw
@@ -580,10 +583,14 @@ def test_burst_from_one_source_gets_503_with_retry_after(server_factory):
     other, same = Udp(server, "127.0.0.2"), Udp(server, HOST)
     try:
         assert [other.options().status for _ in range(5)] == [200] * 5
-        statuses = [same.options().status for _ in range(10)]
-        assert 503 in statuses, statuses
+        for _ in range(30):
+            same.send(request("OPTIONS", f"sip:{HOST}", local=same.local))
+        statuses = []
+        while (answer := same.receive(0.5)) is not None:
+            statuses.append(answer.status)
+        assert 503 in statuses and len(statuses) < 30, statuses
         retry = max(int(a.headers["retry-after"]) for a in answers if a.status == 503)
-        time.sleep(retry)
+        time.sleep(retry + 1)
         assert same.options().status == 200, "served again after Retry-After"
     finally:
         other.close()

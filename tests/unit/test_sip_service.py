@@ -159,14 +159,39 @@ def test_domains_outside_the_served_ones_are_404():
     assert status(answer) == 404
 
 
-def test_rate_limit_answers_503_with_retry_after():
+def test_rate_limit_is_asked_before_parsing_and_refusals_are_503_with_retry_after():
+    from sip_adapter.rate_limit import Verdict
+
     service = SipService(ServiceConfig(rate_limit=1, rate_burst=2))
-    codes = [status(service.receive(request("OPTIONS", branch=f"z9hG4bK{i}"), UDP, 0.0))
-             for i in range(4)]
-    assert codes == [200, 200, 503, 503]
-    answer = service.receive(request("OPTIONS", branch="z9hG4bKz"), UDP, 0.0)
-    assert header(answer, "Retry-After") == "1"
-    assert status(service.receive(request("OPTIONS", branch="z9hG4bKy"), UDP, 1.5)) == 200
+
+    def offer(branch: str, now: float) -> int | None:
+        verdict = service.admit(UDP.address[0], now)
+        if verdict is Verdict.DROP:
+            return None
+        received = service.receive(request("OPTIONS", branch=branch), UDP, now,
+                                   refused=verdict is Verdict.REFUSE)
+        return status(received)
+
+    codes = [offer(f"z9hG4bK{i}", 0.0) for i in range(4)]
+    assert codes == [200, 200, 503, None]  # one answered refusal per second, then silence
+    assert offer("z9hG4bKw", 1.0) == 200  # a second later: one token back
+    verdict = service.admit(UDP.address[0], 1.0)
+    answer = service.receive(request("OPTIONS", branch="z9hG4bKz"), UDP, 1.0,
+                             refused=verdict is Verdict.REFUSE)
+    assert status(answer) == 503 and header(answer, "Retry-After") == "1"
+    # A refusal keeps nothing: the same branch, admitted later, is a new transaction.
+    assert offer("z9hG4bKz", 3.5) == 200
+
+
+def test_while_the_store_is_away_publish_and_options_get_503_with_retry_after():
+    service = SipService()
+    service.store_available = False
+    for message in (request("OPTIONS", branch="z9hG4bKa"), publish(branch="z9hG4bKb")):
+        answer = service.receive(message, UDP, 0.0)
+        assert status(answer) == 503 and header(answer, "Retry-After") is not None
+        assert answer.pending is None
+    service.store_available = True
+    assert status(service.receive(request("OPTIONS", branch="z9hG4bKc"), UDP, 0.0)) == 200
 
 
 def test_body_over_the_package_limit_is_413():
