@@ -10,6 +10,7 @@ Time is always passed in (`now`); nothing here reads a clock or touches a socket
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +27,8 @@ from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
 from .transaction import New, Retransmit, TransactionTable
+
+log = logging.getLogger("esc.service")
 
 ALLOWED_METHODS = ("PUBLISH", "OPTIONS")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS + ("ACK", "CANCEL"))
@@ -139,9 +142,19 @@ class SipService:
             self.stats["retransmissions"] += 1
             return Received()
         key = decision.key
-        method = request.method
-        if method == "ACK":
+        if request.method == "ACK":
             return Received()
+        try:
+            return self._handle(request, origin, key, now)
+        except Exception as error:
+            # A fault of ours on this message: answer it 500 (which also completes its
+            # transaction) rather than leave it open and its client retransmitting.
+            log.error("internal error handling %s from %s: %s: %s", request.method,
+                      origin.describe(), type(error).__name__, error)
+            return self._answer(request, origin, key, now, 500, "Server Internal Error")
+
+    def _handle(self, request: Request, origin: Origin, key: Any, now: float) -> Received:
+        method = request.method
         if method != "CANCEL":
             try:
                 request.parsed_uri  # noqa: B018 - sip:/sips: only (RFC 3261 8.2.2.1)
@@ -208,13 +221,19 @@ class SipService:
 
     def complete(self, pending: PendingPublish, result: Any, now: float) -> Outgoing:
         """The compositor's answer (Accepted or CompositorError) as the final response."""
-        if isinstance(result, CompositorError):
-            status, reason, headers = response_for(result)
-        else:
-            status, reason = 200, "OK"
-            headers = [("SIP-ETag", result.etag), ("Expires", str(result.expires))]
-        return self._answer(pending.request, pending.origin, pending.key, now, status, reason,
-                            headers).replies[0]
+        try:
+            if isinstance(result, CompositorError):
+                status, reason, headers = response_for(result)
+            else:
+                status, reason = 200, "OK"
+                headers = [("SIP-ETag", result.etag), ("Expires", str(result.expires))]
+            return self._answer(pending.request, pending.origin, pending.key, now, status,
+                                reason, headers).replies[0]
+        except Exception as error:  # never leave the transaction open
+            log.error("internal error answering a PUBLISH from %s: %s: %s",
+                      pending.origin.describe(), type(error).__name__, error)
+            return self._answer(pending.request, pending.origin, pending.key, now, 500,
+                                "Server Internal Error").replies[0]
 
     def _answer(self, request: Any, origin: Origin, key: Any, now: float, status: int,
                 reason: str, headers: list[tuple[str, str]] | None = None) -> Received:

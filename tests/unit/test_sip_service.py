@@ -207,3 +207,19 @@ def test_unaddressable_garbage_is_dropped():
         parse_message(b"\x00\x01garbage")
     except ParseError as error:
         assert service.receive(error, UDP, 0.0).replies == []
+
+
+def test_a_fault_while_handling_a_request_is_answered_500_and_closes_its_transaction():
+    class Exploding:
+        realm = "example.com"
+
+        def authenticate(self, request, now):
+            raise RuntimeError("a bug")
+
+    service = SipService(ServiceConfig(authenticator=Exploding()))
+    message = publish(branch="z9hG4bKboom")
+    answer = service.receive(message, UDP, 0.0)
+    assert status(answer) == 500 and answer.pending is None
+    # The retransmission is answered from the table with the same 500.
+    again = service.receive(message, UDP, 0.1)
+    assert again.replies[0].data == answer.replies[0].data
