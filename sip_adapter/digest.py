@@ -39,8 +39,12 @@ Verification (RFC 3261 22.4, RFC 7616 3.4)
 - Challenges: one WWW-Authenticate per algorithm, strongest first (SHA-256 before MD5, RFC 8760
   section 2.4), each with qop="auth", a fresh nonce and the opaque value.
 - Nonces are stateless: base64url(issue time in ms | 12 random bytes | HMAC-SHA256 tag) under a
-  secret, bound to the realm. Any node or restart holding the same `secret` accepts them while
-  `now - issued <= nonce_lifetime` (and not more than CLOCK_SKEW seconds in the future).
+  secret, bound to the realm and to the algorithm of the challenge that carried it (the tag
+  signs the algorithm's name with the rest). Any node or restart holding the same `secret`
+  accepts them while `now - issued <= nonce_lifetime` (and not more than CLOCK_SKEW seconds in
+  the future), with that algorithm only: a nonce from the SHA-256 challenge answered with MD5
+  is refused, so a client (or an attacker in the middle) cannot take the fresh nonce of the
+  strong challenge down to the weak algorithm.
 - Only qop=auth is accepted: response = H(HA1:nonce:nc:cnonce:qop:H(method:digest-uri)).
   A response without qop (RFC 2069 style) has no cnonce/nc and so no replay protection: it is
   refused with 403, as is qop=auth-int (never offered).
@@ -55,8 +59,8 @@ Verification (RFC 3261 22.4, RFC 7616 3.4)
   in-process: after a restart (or on another node) a captured request can be replayed within
   the nonce's lifetime unless `reject_nonces_before` is set to the start time.
 - Responses: no usable credentials for our realm, unknown user, wrong password, a nonce that is
-  not ours, or an algorithm not offered -> `Challenge(stale=False)` (401; the client learns
-  nothing about which). A correct response with an expired or already used nonce ->
+  not ours or was issued for another algorithm, or an algorithm not offered ->
+  `Challenge(stale=False)` (401; the client learns nothing about which). A correct response with an expired or already used nonce ->
   `Challenge(stale=True)` (RFC 7616: stale only when the response was valid for the nonce).
   Unparseable credentials, missing parameters, a digest-uri that is not the Request-URI ->
   `BadRequest` (400). qop missing or not "auth" -> `Forbidden` (403).
@@ -492,12 +496,20 @@ class DigestAuthenticator:
 
     # -- challenges --
 
-    def new_nonce(self, now: float) -> str:
+    def new_nonce(self, now: float, algorithm: str) -> str:
+        """A nonce for a challenge with `algorithm`, valid only with that algorithm."""
+        name = _algorithm(algorithm)
+        if name is None:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
         payload = struct.pack(">Q", max(0, _ms(now))) + self._random(_NONCE_RANDOM)
         if len(payload) != 8 + _NONCE_RANDOM:
             raise ValueError("random_bytes returned the wrong number of bytes")
-        tag = hmac.new(self._nonce_key, payload, hashlib.sha256).digest()[:_NONCE_TAG]
-        return base64.urlsafe_b64encode(payload + tag).decode("ascii")
+        return base64.urlsafe_b64encode(payload + self._nonce_tag(payload, name)).decode("ascii")
+
+    def _nonce_tag(self, payload: bytes, algorithm: str) -> bytes:
+        # The algorithm's name (canonical spelling, no NUL) and the fixed-length payload.
+        message = algorithm.encode("ascii") + b"\x00" + payload
+        return hmac.new(self._nonce_key, message, hashlib.sha256).digest()[:_NONCE_TAG]
 
     def challenge(self, now: float, stale: bool = False) -> list[tuple[str, str]]:
         """WWW-Authenticate headers for a 401: one per algorithm, strongest first."""
@@ -505,7 +517,7 @@ class DigestAuthenticator:
         out = []
         for algorithm in self.algorithms:
             value = (f'Digest realm={realm}, qop="auth", algorithm={algorithm}, '
-                     f'nonce="{self.new_nonce(now)}", opaque="{self.opaque}"')
+                     f'nonce="{self.new_nonce(now, algorithm)}", opaque="{self.opaque}"')
             if stale:
                 value += ", stale=TRUE"
             out.append(("WWW-Authenticate", value))
@@ -516,20 +528,24 @@ class DigestAuthenticator:
 
     # -- verification --
 
-    def _nonce_issued_ms(self, nonce: str) -> int | None:
-        """The issue time of a nonce we signed, or None."""
+    def _nonce_issued_ms(self, nonce: str, algorithm: str) -> int | str:
+        """The issue time of a nonce we signed for `algorithm`; otherwise why not (a reason
+        for logs)."""
         if len(nonce) != _NONCE_CHARS:
-            return None
+            return "nonce not issued by us"
         try:
             raw = base64.b64decode(nonce.encode("ascii"), altchars=b"-_", validate=True)
         except (ValueError, UnicodeEncodeError):
-            return None
+            return "nonce not issued by us"
         if len(raw) != _NONCE_BYTES or base64.urlsafe_b64encode(raw).decode() != nonce:
-            return None  # also refuses "+" and "/" spellings of a nonce we issued
+            return "nonce not issued by us"  # also refuses "+" and "/" spellings of ours
         payload, tag = raw[:-_NONCE_TAG], raw[-_NONCE_TAG:]
-        expected = hmac.new(self._nonce_key, payload, hashlib.sha256).digest()[:_NONCE_TAG]
-        if not hmac.compare_digest(tag, expected):
-            return None
+        if not hmac.compare_digest(tag, self._nonce_tag(payload, algorithm)):
+            for other in ALGORITHMS:
+                if other != algorithm and \
+                        hmac.compare_digest(tag, self._nonce_tag(payload, other)):
+                    return "nonce issued for another algorithm"
+            return "nonce not issued by us"
         return struct.unpack(">Q", payload[:8])[0]
 
     def _select(self, request) -> tuple[dict[str, str], str] | BadRequest | None:
@@ -592,9 +608,9 @@ class DigestAuthenticator:
                                                           self.opaque.encode("ascii")):
             return self._challenge(now, "opaque is not ours")
         nonce = params["nonce"]
-        issued_ms = self._nonce_issued_ms(nonce)
-        if issued_ms is None:
-            return self._challenge(now, "nonce not issued by us")
+        issued_ms = self._nonce_issued_ms(nonce, algorithm)
+        if isinstance(issued_ms, str):
+            return self._challenge(now, issued_ms)
 
         username = params["username"]
         stored = self.credentials.lookup(username, self.realm, algorithm)

@@ -4,8 +4,11 @@ computed here with hashlib, independently of the code under test."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import re
+import struct
 
 import pytest
 
@@ -303,6 +306,62 @@ def test_algorithm_not_offered():
     sess = authorization("alice", "secret", fresh_nonce(auth)).replace(
         "algorithm=SHA-256", "algorithm=SHA-256-sess")
     assert isinstance(auth.authenticate(publish(sess), NOW), Challenge)
+
+
+# ---- a nonce is valid only with the algorithm it was issued for -------------------------------
+
+@pytest.mark.parametrize("issued_for, answered_with", [("SHA-256", "MD5"), ("MD5", "SHA-256")])
+def test_nonce_answered_with_another_algorithm_is_refused(issued_for, answered_with):
+    auth = make_auth()
+    nonce = fresh_nonce(auth, algorithm=issued_for)
+    # a response that is right for that nonce, password and algorithm: still not accepted
+    request = publish(authorization("alice", "secret", nonce, algorithm=answered_with))
+    result = auth.authenticate(request, NOW)
+    assert challenged(result, stale=False)
+    assert result.reason == "nonce issued for another algorithm"
+    # the refusal used up nothing: the nonce still works with its own algorithm
+    request = publish(authorization("alice", "secret", nonce, algorithm=issued_for))
+    assert auth.authenticate(request, NOW) == Authenticated("alice", issued_for)
+
+
+def test_sha256_nonce_answered_without_algorithm_is_refused():
+    # no algorithm parameter means MD5 (RFC 7616 3.4): not what the nonce was issued for
+    auth = make_auth()
+    header = authorization("alice", "secret", fresh_nonce(auth, algorithm="SHA-256"),
+                           algorithm="MD5", send_algorithm=False)
+    result = auth.authenticate(publish(header), NOW)
+    assert challenged(result) and result.reason == "nonce issued for another algorithm"
+
+
+def test_each_challenge_carries_a_nonce_for_its_own_algorithm():
+    auth = make_auth()
+    headers = auth.challenge(NOW)
+    for _, value in headers:
+        algorithm = re.search(r"algorithm=([\w-]+)", value).group(1)
+        nonce = re.search(r'nonce="([^"]*)"', value).group(1)
+        other = make_auth()  # another node or a restart with the same secret
+        request = publish(authorization("alice", "secret", nonce, algorithm=algorithm))
+        assert other.authenticate(request, NOW + 1) == Authenticated("alice", algorithm)
+
+
+def test_new_nonce_needs_a_supported_algorithm():
+    auth = make_auth()
+    assert auth.new_nonce(NOW, "sha-256") != auth.new_nonce(NOW, "MD5")
+    with pytest.raises(ValueError):
+        auth.new_nonce(NOW, "SHA-512-256")
+
+
+def test_nonce_signed_without_an_algorithm_is_not_ours():
+    # how nonces were signed before they were bound to an algorithm: refused after an upgrade
+    # (the client gets a plain challenge and answers it with a new nonce)
+    auth = make_auth()
+    payload = struct.pack(">Q", int(NOW * 1000)) + b"\x01" * 12
+    tag = hmac.new(auth._nonce_key, payload, hashlib.sha256).digest()[:16]
+    old = base64.urlsafe_b64encode(payload + tag).decode("ascii")
+    for algorithm in ("SHA-256", "MD5"):
+        request = publish(authorization("alice", "secret", old, algorithm=algorithm))
+        result = auth.authenticate(request, NOW)
+        assert challenged(result) and result.reason == "nonce not issued by us"
 
 
 # ---- nonce-count replay protection -----------------------------------------------------------
