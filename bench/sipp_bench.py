@@ -10,6 +10,13 @@ are stepped up per server and transport until the first failing step.
     python -m bench.sipp_bench --servers kamailio-memory --transports udp \
         --rates 2000,4000,8000,16000 --repeat 3
     python -m bench.sipp_bench --smoke --servers esc --transports udp
+    python -m bench.sipp_bench --sustained --servers esc --transports udp \
+        --rates 3000,3500,4000,4500,5000,5500,6000
+
+Steps last --step-seconds (10 s), shorter than the 32 s the server keeps each
+transaction: a rate can pass a step and still not be sustainable.  --sustained makes
+each step last at least 60 s and also judges the part after --steady-after seconds
+(40 s: the transaction table is full and expiring as fast as it fills) on its own.
 
 Loopback only.  By default (root + `unshare` available) the whole run is
 re-executed inside a private network namespace (`unshare -n`) that has nothing but
@@ -48,6 +55,11 @@ ALL_TRANSPORTS = ("udp", "tcp")
 DEFAULT_LADDER = [500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000,
                   12000, 14000, 16000, 18000, 20000, 24000, 28000, 32000]
 PUBLISH_PER_CALL = 4
+DEFAULT_STEP_SECONDS = 10.0
+# The server keeps a transaction for Timer J, 64*T1 = 32 s: a sustained rate is one that
+# holds once the transaction table is full and expiring as fast as it fills.
+SUSTAINED_STEP_SECONDS = 60.0
+SUSTAINED_STEADY_AFTER = 40.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KAMAILIO_PORT = 5070  # fixed by peers/kamailio/kamailio.cfg
 NETNS_ENV = "ESC_BENCH_IN_NETNS"
@@ -622,6 +634,22 @@ def planned_calls(args, call_rate: float) -> tuple[int, int]:
     return math.ceil(calls / per_batch) * per_batch, RTT_FREQ
 
 
+def steady_window(dates: list[float], rts: list[float], after_s: float) -> dict:
+    """Response times and achieved rate of the PUBLISHes sent `after_s` seconds or more into
+    the step (SIPp's rtt file: response date and response time, both in ms)."""
+    sent = [d - r for d, r in zip(dates, rts)]
+    if not sent:
+        return {"after_s": after_s, "samples": 0}
+    begin = min(sent) + after_s * 1000.0
+    window = sorted(r for s, r in zip(sent, rts) if s >= begin)
+    last = max((d for s, d in zip(sent, dates) if s >= begin), default=begin)
+    seconds = (last - begin) / 1000.0
+    return {"after_s": after_s, "samples": len(window), "seconds": round(seconds, 3),
+            "achieved_publish_per_s": round(len(window) / seconds, 1) if seconds > 0 else 0.0,
+            "p50": percentile(window, 50), "p99": percentile(window, 99),
+            "max": window[-1] if window else None}
+
+
 def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: Path) -> dict:
     step_dir.mkdir(parents=True, exist_ok=True)
     call_rate = rate / PUBLISH_PER_CALL
@@ -705,6 +733,8 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
         v = sorted(r for r, n in zip(rts, nos) if n == no)
         per[no] = {"n": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)}
     step["rt_ms"]["per_rtd"] = per
+    if args.steady_after is not None:
+        step["steady"] = steady_window(dates, rts, args.steady_after)
     # elapsed: first send (first rtd-1 response time minus its rt) to last response
     starts = [d - r for d, r, n in zip(dates, rts, nos) if n == "1"]
     elapsed = (max(dates) - min(starts)) / 1000.0 if dates and starts else None
@@ -765,6 +795,17 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
     if args.min_achieved and step["achieved_publish_per_s"] < args.min_achieved * rate:
         fails.append(f"achieved {step['achieved_publish_per_s']} PUBLISH/s "
                      f"< {args.min_achieved:.0%} of offered")
+    if args.steady_after is not None:
+        steady = step["steady"]
+        if steady["samples"] == 0:
+            fails.append(f"no responses after {args.steady_after:g} s")
+        else:
+            if steady["p99"] >= args.p99_ms:
+                fails.append(f"p99 after {args.steady_after:g} s {steady['p99']} ms "
+                             f">= {args.p99_ms} ms")
+            if args.min_achieved and steady["achieved_publish_per_s"] < args.min_achieved * rate:
+                fails.append(f"achieved {steady['achieved_publish_per_s']} PUBLISH/s after "
+                             f"{args.steady_after:g} s < {args.min_achieved:.0%} of offered")
     if not server_alive:
         fails.append("server died during the step")
     if not step["server_stop"].get("clean", True):
@@ -876,6 +917,8 @@ def aggregate(reps: list[dict]) -> dict:
     rss = vals(lambda s: s.get("metrics", {}).get("peak_rss_mb"))
     pss = vals(lambda s: s.get("metrics", {}).get("peak_pss_mb"))
     ach = vals(lambda s: s.get("achieved_publish_per_s"))
+    steady_p99 = vals(lambda s: s.get("steady", {}).get("p99"))
+    steady_ach = vals(lambda s: s.get("steady", {}).get("achieved_publish_per_s"))
     return {
         "offered_publish_per_s": reps[0]["offered_publish_per_s"],
         "repetitions": len(reps),
@@ -887,6 +930,9 @@ def aggregate(reps: list[dict]) -> dict:
         "cpu_us_per_publish": round(statistics.fmean(cpu), 1) if cpu else None,
         "peak_rss_mb": max(rss) if rss else None,
         "peak_pss_mb": max(pss) if pss else None,
+        **({"steady_p99_ms": max(steady_p99) if steady_p99 else None,
+            "steady_achieved_publish_per_s": min(steady_ach) if steady_ach else None}
+           if any("steady" in s for s in reps) else {}),
     }
 
 
@@ -982,6 +1028,7 @@ def benchmark(args) -> int:
         "config": {
             "servers": servers, "transports": args.transports, "repeat": args.repeat,
             "step_seconds": args.step_seconds, "min_publish": args.min_publish,
+            "sustained": args.sustained, "steady_after_s": args.steady_after,
             "p99_ms": args.p99_ms, "min_achieved_ratio": args.min_achieved,
             "scenario": str(args.scenario), "scenario_sha256": sha256(args.scenario),
             "peers": str(args.peers), "esc_cmd": args.esc_cmd, "esc_port": args.port,
@@ -1043,6 +1090,10 @@ def benchmark(args) -> int:
                             f"cpu={sv.get('cpu_us_per_publish')} us/PUB "
                             f"rss={sv.get('peak_rss_mb')} pss={sv.get('peak_pss_mb')} MB "
                             f"cpu share={step.get('cpu_share')}"
+                            + (f" after {args.steady_after:g} s: "
+                               f"{step.get('steady', {}).get('achieved_publish_per_s')} PUBLISH/s "
+                               f"p99={step.get('steady', {}).get('p99')} ms"
+                               if args.steady_after is not None else "")
                             + ("" if step["passed"] else f"  [{'; '.join(step['failures'])}]"))
                         write_results(out, doc)
                         if not step["passed"]:
@@ -1102,7 +1153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=float, default=None, help="ladder end (PUBLISH/s)")
     p.add_argument("--server-rates", action="append", default=[], metavar="SERVER=R1,R2,...",
                    help="per-server ladder, e.g. kamailio-memory=2000,4000,8000 (repeatable)")
-    p.add_argument("--step-seconds", type=float, default=10.0, help="minimum step duration")
+    p.add_argument("--step-seconds", type=float, default=None,
+                   help="minimum step duration [default: 10, or 60 with --sustained]")
+    p.add_argument("--sustained", action="store_true",
+                   help="long steps (at least 60 s: longer than the 32 s a transaction is "
+                        "kept), also judged after --steady-after seconds on their own")
+    p.add_argument("--steady-after", type=float, default=None,
+                   help="with --sustained: seconds into a step where the steady window "
+                        "starts [default: 40, past Timer J's 32 s]")
     p.add_argument("--min-publish", type=int, default=20000, help="minimum PUBLISH per step")
     p.add_argument("--min-calls", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--p99-ms", type=float, default=50.0, help="p99 limit of the criterion")
@@ -1182,6 +1240,20 @@ def finalize_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--server-rates {spec!r}: expected SERVER=R1,R2,...")
         sr[name] = parse_rates(rates)
     args.server_rates = sr
+    if args.sustained:
+        if args.smoke:
+            p.error("--sustained and --smoke exclude each other")
+        if args.step_seconds is None:
+            args.step_seconds = SUSTAINED_STEP_SECONDS
+        if args.steady_after is None:
+            args.steady_after = SUSTAINED_STEADY_AFTER
+        if args.step_seconds < args.steady_after + 10:
+            p.error(f"--step-seconds {args.step_seconds:g} leaves less than 10 s after "
+                    f"--steady-after {args.steady_after:g}")
+    elif args.steady_after is not None:
+        p.error("--steady-after needs --sustained")
+    if args.step_seconds is None:
+        args.step_seconds = DEFAULT_STEP_SECONDS
     if args.smoke:
         args.rates = [40.0]
         args.server_rates = {}
