@@ -57,7 +57,9 @@ async def serve(settings, listens) -> int:
                             domains=tuple(settings.domain),
                             rate_limit=settings.rate_limit or None,
                             rate_burst=settings.rate_burst,
-                            max_body_per_package=tuple(package_body_limits(settings).items()))
+                            max_body_per_package=tuple(package_body_limits(settings).items()),
+                            max_transactions=settings.max_transactions,
+                            max_transaction_bytes=settings.max_transaction_bytes)
     limits = Limits(max_message_size=settings.max_message_size,
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,

@@ -43,6 +43,8 @@ class ServeSettings:
     max_queue_bytes: int = 16 * 1024 * 1024  # their size in bytes; beyond it 503
     max_queue_wait: float = 5.0  # seconds a PUBLISH may wait for the store; then 503
     store_timeout: float = 5.0  # a batch unanswered this long: the store is restarted
+    max_transactions: int = 250_000  # transactions kept for retransmissions; beyond it 503
+    max_transaction_bytes: int = 256 * 1024 * 1024  # their size in bytes; beyond it 503
     # authentication, authorization, TLS
     auth_file: str = ""
     realm: str = ""
@@ -56,7 +58,8 @@ class ServeSettings:
 LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms"}
 INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size",
                 "max_message_size", "max_headers", "max_header_length", "max_per_resource",
-                "max_tcp_connections", "max_queue", "max_queue_bytes"}
+                "max_tcp_connections", "max_queue", "max_queue_bytes", "max_transactions",
+                "max_transaction_bytes"}
 FLOAT_SETTINGS = {"tcp_idle_timeout", "tcp_read_timeout", "rate_limit", "rate_burst",
                   "nonce_lifetime", "max_queue_wait", "store_timeout"}
 
@@ -136,13 +139,15 @@ def validate(settings: ServeSettings) -> None:
         raise ConfigError("--max-message-size must lie between 1024 and 65535")
     if settings.max_headers < 10 or settings.max_header_length < 256:
         raise ConfigError("--max-headers must be at least 10 and --max-header-length at least 256")
-    for limit in ("max_per_resource", "max_tcp_connections", "max_queue"):
+    for limit in ("max_per_resource", "max_tcp_connections", "max_queue", "max_transactions"):
         if getattr(settings, limit) < 1:
             raise ConfigError(f"--{limit.replace('_', '-')} must be at least 1")
     if settings.rate_limit < 0 or settings.tcp_read_timeout <= 0:
         raise ConfigError("--rate-limit must be 0 or more and --tcp-read-timeout positive")
     if settings.max_queue_bytes < 65536:
         raise ConfigError("--max-queue-bytes must be at least 65536 (one largest message)")
+    if settings.max_transaction_bytes < 1024 * 1024:
+        raise ConfigError("--max-transaction-bytes must be at least 1048576")
     if settings.max_queue_wait <= 0 or settings.store_timeout <= 0:
         raise ConfigError("--max-queue-wait and --store-timeout must be positive")
     package_body_limits(settings)

@@ -26,7 +26,7 @@ from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
-from .transaction import New, Retransmit, TransactionTable
+from .transaction import Full, New, Retransmit, TransactionTable
 
 log = logging.getLogger("esc.service")
 
@@ -50,6 +50,8 @@ class ServiceConfig:
     max_body_per_package: tuple[tuple[str, int], ...] = ()  # (package, bytes)
     authenticator: Any = None  # a digest.DigestAuthenticator: Digest on for PUBLISH
     policy: Any = None  # an authorization.Policy (default rule: own AOR only)
+    max_transactions: int = 250_000  # transaction table bounds (503 past them)
+    max_transaction_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -89,7 +91,8 @@ class SipService:
                  transactions: TransactionTable | None = None,
                  tag_factory: Callable[[], str] = _new_tag) -> None:
         self.config = config
-        self.transactions = transactions or TransactionTable()
+        self.transactions = transactions if transactions is not None else TransactionTable(
+            max_entries=config.max_transactions, max_bytes=config.max_transaction_bytes)
         self.new_tag = tag_factory
         self.domains = {d.lower().rstrip(".") for d in config.domains}
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst) \
@@ -134,7 +137,17 @@ class SipService:
             retry = self.retry_after(origin.address[0], now)
             return self._answer(request, origin, None, now, 503, "Rate Limit Exceeded",
                                 [("Retry-After", str(retry))])
-        decision = self.transactions.on_request(request, origin.address, origin.transport, now)
+        # Transactions are bound to their source: a UDP address, or one connection.
+        connection = origin.connection.serial if origin.reliable else None
+        decision = self.transactions.on_request(request, origin.address, origin.transport, now,
+                                                connection)
+        if isinstance(decision, Full):
+            # The table is at its bound: refuse new work rather than grow (keep nothing).
+            self.stats["table_full"] = self.stats.get("table_full", 0) + 1
+            if request.method == "ACK":
+                return Received()
+            return self._answer(request, origin, None, now, 503, "Service Unavailable",
+                                [("Retry-After", str(decision.retry_after))])
         if isinstance(decision, Retransmit):
             self.stats["retransmissions"] += 1
             return Received([self._route(decision.response, request, origin)])
@@ -145,7 +158,7 @@ class SipService:
         if request.method == "ACK":
             return Received()
         try:
-            return self._handle(request, origin, key, now)
+            return self._handle(request, origin, key, now, decision.cancel_target)
         except Exception as error:
             # A fault of ours on this message: answer it 500 (which also completes its
             # transaction) rather than leave it open and its client retransmitting.
@@ -153,7 +166,8 @@ class SipService:
                       origin.describe(), type(error).__name__, error)
             return self._answer(request, origin, key, now, 500, "Server Internal Error")
 
-    def _handle(self, request: Request, origin: Origin, key: Any, now: float) -> Received:
+    def _handle(self, request: Request, origin: Origin, key: Any, now: float,
+                cancels_a_transaction: bool) -> Received:
         method = request.method
         if method != "CANCEL":
             try:
@@ -174,7 +188,11 @@ class SipService:
         if method == "PUBLISH":
             return self._publish(request, origin, key, now)
         if method == "CANCEL":
-            # We never keep a request pending long enough to cancel (RFC 3261 9.2).
+            # RFC 3261 9.2: a CANCEL that matches a transaction is answered 200 (for a
+            # non-INVITE it has no effect on it: that request gets its own final answer);
+            # one that matches nothing, 481.
+            if cancels_a_transaction:
+                return self._answer(request, origin, key, now, 200, "OK")
             return self._answer(request, origin, key, now, 481,
                                 "Call/Transaction Does Not Exist")
         if method in KNOWN_METHODS:

@@ -17,6 +17,7 @@ complete a handshake cannot hold more descriptors than the limit allows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
 from asyncio import sslproto
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .server import SipServer
 
 log = logging.getLogger("esc.transport")
+
+# Connection serial numbers: what the transaction table binds a TCP/TLS transaction to (a
+# plain int, so that the table keeps no connection object alive).
+_SERIALS = itertools.count(1)
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
@@ -79,6 +84,7 @@ class TCPProtocol(asyncio.Protocol):
                  handshake_timeout: float = 10.0) -> None:
         self.server = server
         self.name = transport_name
+        self.serial = next(_SERIALS)
         self.framer = StreamFramer(server.limits)
         self.transport: asyncio.Transport | None = None
         self.origin: Origin | None = None

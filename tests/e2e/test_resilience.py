@@ -299,3 +299,67 @@ def test_retransmissions_count_against_the_rate_limit(server_factory):
         udp.close()
     # At most one burst of answers plus an equal burst of refusals, not one per datagram.
     assert answers <= 250, f"{answers} answers to 3000 retransmissions at 100/s"
+
+
+# ---- transactions ----------------------------------------------------------------------------
+
+def test_a_publish_replayed_from_another_host_is_its_own_transaction(server):
+    victim, attacker = Udp(server, HOST), Udp(server, "127.0.0.2")
+    try:
+        uri = f"sip:victim@{HOST}"
+        data = publish(uri, local=victim.local, body=pidf(uri))
+        answer = victim.ask(data)
+        assert answer.status == 200
+        # The attacker resends the victim's exact bytes (same Via, same branch).
+        replayed = attacker.ask(data)
+        assert replayed.headers.get("sip-etag") != answer.headers["sip-etag"]
+        # The victim's own retransmission is answered from the table, with its tag.
+        again = victim.ask(data)
+        assert again.raw == answer.raw
+    finally:
+        victim.close()
+        attacker.close()
+
+
+def test_cancel_of_an_answered_publish_is_200_and_of_nothing_481(server):
+    udp = Udp(server)
+    try:
+        uri = f"sip:cancelled@{HOST}"
+        data = publish(uri, local=udp.local, body=pidf(uri))
+        assert udp.ask(data).status == 200
+        head = data.split(b"\r\n\r\n")[0].decode()
+        lines = [line for line in head.split("\r\n")[1:]
+                 if not line.lower().startswith(("cseq", "content-", "event", "expires"))]
+        cseq = next(line for line in head.split("\r\n") if line.startswith("CSeq"))
+        number = cseq.split()[1]
+        cancel = "\r\n".join([f"CANCEL {uri} SIP/2.0", *lines, f"CSeq: {number} CANCEL",
+                              "Content-Length: 0"]) + "\r\n\r\n"
+        assert udp.ask(cancel.encode()).status == 200
+        stray = request("CANCEL", uri, local=udp.local)
+        assert udp.ask(stray).status == 481
+    finally:
+        udp.close()
+
+
+def test_requests_with_huge_vias_cannot_grow_the_transaction_table_past_its_bytes(
+        server_factory):
+    server = server_factory("--max-transaction-bytes", str(8 * 1024 * 1024),
+                            "--rate-limit", "0")
+    baseline = rss_mb(server.process.pid)
+    udp = Udp(server)
+    statuses: dict[int, int] = {}
+    try:
+        for n in range(4000):
+            vias = [f"Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK{n}x{i};x={'a' * 7800}"
+                    for i in range(7)]
+            message = request("OPTIONS", f"sip:{HOST}", local=udp.local,
+                              headers=tuple(vias[1:]))
+            answer = udp.ask(message)
+            statuses[answer.status] = statuses.get(answer.status, 0) + 1
+    finally:
+        udp.close()
+    peak = rss_mb(server.process.pid)
+    print(f"huge Vias: answers {statuses}; RSS {baseline:.0f} -> {peak:.0f} MB")
+    # 4,000 responses of ~55 KB would be 220 MB; the table holds at most 8 MiB of them.
+    assert statuses.get(503, 0) > 3500 and statuses.get(200, 0) >= 100, statuses
+    assert peak - baseline < 80, f"RSS grew from {baseline:.0f} to {peak:.0f} MB"

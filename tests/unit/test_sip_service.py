@@ -12,6 +12,8 @@ from sip_adapter.service import ServiceConfig, SipService
 
 
 class Sent:
+    serial = 1  # the connection's serial number, for TCP origins
+
     def send(self, data, destination=None):
         pass
 
@@ -223,3 +225,46 @@ def test_a_fault_while_handling_a_request_is_answered_500_and_closes_its_transac
     # The retransmission is answered from the table with the same 500.
     again = service.receive(message, UDP, 0.1)
     assert again.replies[0].data == answer.replies[0].data
+
+
+def test_cancel_matching_a_transaction_is_200_and_an_unmatched_one_481():
+    service = SipService()
+    original = request("OPTIONS", branch="z9hG4bKorig")
+    assert status(service.receive(original, UDP, 0.0)) == 200
+    cancel = request("CANCEL", branch="z9hG4bKorig")
+    assert status(service.receive(cancel, UDP, 0.1)) == 200
+    stray = request("CANCEL", branch="z9hG4bKnothing")
+    assert status(service.receive(stray, UDP, 0.1)) == 481
+    # From another address the same CANCEL matches nothing (transactions are per source).
+    other = Origin("udp", ("192.0.2.66", 5060), Sent())
+    assert status(service.receive(request("CANCEL", branch="z9hG4bKorig"), other, 0.2)) == 481
+
+
+def test_a_replayed_request_from_another_address_never_gets_the_stored_answer():
+    service = SipService()
+    victim = publish(branch="z9hG4bKvictim")
+    pending = service.receive(victim, UDP, 0.0).pending
+    assert pending is not None
+    attacker = Origin("udp", ("192.0.2.66", 5060), Sent())
+    # While the victim's request is being decided, and after it was answered, the same
+    # bytes from elsewhere are a transaction of their own.
+    assert service.receive(publish(branch="z9hG4bKvictim"), attacker, 0.1).pending is not None
+    from infrastructure.records import Accepted
+    answer = service.complete(pending, Accepted("victims-tag", 60), 0.2)
+    assert b"victims-tag" in answer.data
+    replay = service.receive(publish(branch="z9hG4bKvictim"), attacker, 0.3)
+    assert all(b"victims-tag" not in r.data for r in replay.replies)
+    # The victim's own retransmission still gets its answer.
+    again = service.receive(publish(branch="z9hG4bKvictim"), UDP, 0.4)
+    assert again.replies and b"victims-tag" in again.replies[0].data
+
+
+def test_when_the_transaction_table_is_full_new_requests_get_503_and_nothing_is_kept():
+    from sip_adapter.transaction import TransactionTable
+
+    service = SipService(transactions=TransactionTable(max_entries=2))
+    for n in range(2):
+        assert status(service.receive(request("OPTIONS", branch=f"z9hG4bK{n}"), UDP, 0.0)) == 200
+    answer = service.receive(request("OPTIONS", branch="z9hG4bKfull"), UDP, 0.0)
+    assert status(answer) == 503 and header(answer, "Retry-After") is not None
+    assert len(service.transactions) == 2
