@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from . import abnf
 from .limits import ParseError
-from .uri import AbsoluteUri, SipUri, parse_sip_uri, parse_uri
+from .abnf import UINT32_MAX, bounded_int, delta_seconds, parse_digits
+from .uri import AbsoluteUri, SipUri, check_uri, parse_sip_uri, parse_uri
 
 __all__ = [
     "Headers",
@@ -32,6 +33,9 @@ __all__ = [
     "CSeq",
     "canonical_name",
     "split_list",
+    "count_elements",
+    "check_name_addr",
+    "bounded_int",
     "LIST_HEADERS",
 ]
 
@@ -105,37 +109,32 @@ def _key(name: str) -> str:
     return key
 
 
+_LIST_FINDALL = abnf.LIST_ELEMENT_RE.findall
+_QUOTED_OR_ANGLED_SUB = abnf.QUOTED_OR_ANGLED_RE.sub
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value at the commas that separate list elements: not inside a
     quoted-string (with its backslash escapes) nor inside <...>. Elements are stripped; empty
-    elements are kept (callers decide whether that is an error)."""
+    elements are kept (callers decide whether that is an error). Linear, with no Python loop
+    per character: plain str.split when there is nothing to skip, else one findall."""
     if "," not in value:
         return [value.strip(" \t")]
-    out = []
-    start = 0
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if c == '"':
-            i += 1
-            while i < n:
-                c = value[i]
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == '"':
-                    break
-                i += 1
-        elif c == "<":
-            close = value.find(">", i)
-            i = n if close < 0 else close
-        elif c == ",":
-            out.append(value[start:i].strip(" \t"))
-            start = i + 1
-        i += 1
-    out.append(value[start:].strip(" \t"))
-    return out
+    if '"' not in value and "<" not in value:
+        return [element.strip(" \t") for element in value.split(",")]
+    found = _LIST_FINDALL(value)
+    # findall ends with an empty match at the end of the value, which is an element only
+    # when the value ends with a separating comma (then the match before it has sep ",").
+    if len(found) > 1 and not found[-2][1]:
+        del found[-1]
+    return [element.strip(" \t") for element, _ in found]
+
+
+def count_elements(value: str) -> int:
+    """len(split_list(value)), without building the elements (str.count, in C)."""
+    if '"' in value or "<" in value:
+        value = _QUOTED_OR_ANGLED_SUB("", value)
+    return value.count(",") + 1
 
 
 def replace_first_via_parm(line: str, value: str) -> str:
@@ -310,22 +309,6 @@ class CSeq(NamedTuple):
         return f"{self.number} {self.method}"
 
 
-_UINT32_MAX = 2**32 - 1
-
-
-def bounded_int(digits: str, maximum: int) -> int | None:
-    """int(digits) when it is <= maximum, else None (also for absurdly long digit strings,
-    which int() would refuse beyond 4300 digits)."""
-    if len(digits) < 10:
-        value = int(digits)
-        return value if value <= maximum else None
-    stripped = digits.lstrip("0")
-    if len(stripped) > len(str(maximum)):
-        return None
-    value = int(stripped) if stripped else 0
-    return value if value <= maximum else None
-
-
 _GENERIC_PARAMS_FINDALL = abnf.GENERIC_PARAM_RE.findall
 _VIA_FULLMATCH = abnf.VIA_PARM_RE.fullmatch
 
@@ -333,6 +316,12 @@ _VIA_FULLMATCH = abnf.VIA_PARM_RE.fullmatch
 def _params(text: str) -> list[tuple[str, str | None]]:
     # gen-value is never empty, so findall's "" for an absent value means "no value"
     return [(name, value or None) for name, value in _GENERIC_PARAMS_FINDALL(text)]
+
+
+def too_many_params(text: str, maximum: int) -> bool:
+    """Does this `*( SEMI generic-param )` text hold more than `maximum` parameters? (One
+    str.count; the exact count, a findall, only when a quoted value may hold semicolons.)"""
+    return text.count(";") > maximum and len(_GENERIC_PARAMS_FINDALL(text)) > maximum
 
 
 def _params_dict(pairs: list[tuple[str, str | None]]) -> dict[str, str | None]:
@@ -499,6 +488,8 @@ class NameAddr(NamedTuple):
         """Raises ParseError(400). Memoised: To and From values recur."""
         if type(text) is not str:
             raise ParseError(400, "Malformed name-addr")
+        if len(text) > _CACHED_LENGTH:
+            return cls._parse(text, brackets_required)
         return _parse_name_addr(text, brackets_required)
 
     @classmethod
@@ -511,7 +502,7 @@ class NameAddr(NamedTuple):
             if brackets_required:
                 raise ParseError(400, "Malformed name-addr")
             uri = bare
-        parse_uri(uri)  # raises ParseError(400)
+        parse_uri(uri)  # raises ParseError(400); memoised, as parsed_uri reads it again
         if quoted is not None:
             display: str | None = quoted[1:-1]
             if "\\" in display:
@@ -536,6 +527,29 @@ class NameAddr(NamedTuple):
 _NAME_ADDR_FULLMATCH = abnf.NAME_ADDR_RE.fullmatch
 _parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)
 _NO_PARAMS: Mapping[str, str | None] = MappingProxyType({})
+# Longer values are parsed every time: the memo is for the To and From values that recur,
+# and must not pin 4,096 hostile 8 KB strings.
+_CACHED_LENGTH = 512
+
+
+def check_name_addr(text: str, brackets_required: bool = False,
+                    max_params: int | None = None) -> None:
+    """Check a name-addr / addr-spec (and its URI) as NameAddr.parse does, without building
+    it: what the parser does for every Contact, Route and Record-Route element, whose
+    parameters nothing may ever read. ParseError(400) when malformed; ParseError(413) when
+    the header parameters, or the URI's parameters or headers, number more than
+    `max_params`."""
+    m = _NAME_ADDR_FULLMATCH(text)
+    if m is None:
+        raise ParseError(400, "Malformed name-addr")
+    uri = m.group("uri")
+    if uri is None:
+        if brackets_required:
+            raise ParseError(400, "Malformed name-addr")
+        uri = m.group("bare")
+    check_uri(uri, max_params)
+    if max_params is not None and too_many_params(m.group("params"), max_params):
+        raise ParseError(413, "Too many header field parameters")
 
 
 # --- Messages ---------------------------------------------------------------------------------
@@ -597,7 +611,7 @@ class Message:
             m = abnf.CSEQ_RE.fullmatch(value)
             if m is None:
                 raise ParseError(400, "Malformed CSeq header field")
-            number = bounded_int(m.group("number"), _UINT32_MAX)
+            number = bounded_int(m.group("number"), UINT32_MAX)
             if number is None:
                 raise ParseError(400, "CSeq number out of range")
             return CSeq(number, m.group("method"))
@@ -630,7 +644,7 @@ class Message:
                 return None
             if abnf.DIGITS_RE.fullmatch(value) is None:
                 raise ParseError(400, "Malformed Content-Length header field")
-            number = bounded_int(value, _UINT32_MAX)
+            number = bounded_int(value, UINT32_MAX)
             if number is None:
                 raise ParseError(400, "Content-Length out of range")
             return number
@@ -651,19 +665,20 @@ class Message:
 
     @property
     def expires(self) -> int | None:
-        """Expires in delta-seconds; None when absent. Several lines or a value that is not
-        1*DIGIT: ParseError(400). Values above 2**32-1 are clamped to 2**32-1."""
+        """The Expires header field in delta-seconds; None when absent. The one place its
+        value is read (the PUBLISH handling uses this). Several lines, or a value that is not
+        1*DIGIT in ASCII (an empty value, a sign, a fraction, "²", "١٢٣", "１２３"):
+        ParseError(400). Values above 2**32-1, of any length, read as 2**32-1."""
         def compute() -> int | None:
             values = self.headers.lines("Expires")
             if not values:
                 return None
             if len(values) > 1:
                 raise ParseError(400, "Multiple Expires header fields")
-            value = values[0]
-            if abnf.DIGITS_RE.fullmatch(value) is None:
+            number = delta_seconds(values[0])
+            if number is None:
                 raise ParseError(400, "Malformed Expires header field")
-            number = bounded_int(value, _UINT32_MAX)
-            return _UINT32_MAX if number is None else number
+            return number
         return self._cached("expires", compute)
 
     @property
@@ -672,7 +687,7 @@ class Message:
             value = self.headers.get("Max-Forwards")
             if value is None:
                 return None
-            number = bounded_int(value, 255) if abnf.DIGITS_RE.fullmatch(value) else None
+            number = parse_digits(value, 255)
             if number is None:
                 raise ParseError(400, "Malformed Max-Forwards header field")
             return number

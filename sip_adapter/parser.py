@@ -17,7 +17,14 @@ CSeq method = request method, CSeq number < 2**32); Content-Length, Max-Forwards
 Content-Type (once each, well formed); Contact, Route and Record-Route (name-addr syntax);
 Date (rfc1123-date, GMT); the Request-URI (a SIP URI must match RFC 3261, any other scheme
 must be an absoluteURI; no headers component). Other headers are kept as text and checked by
-their accessors when used (`Message.expires` raises ParseError(400)).
+their accessors when used (`Message.expires` raises ParseError(400)). Numbers are ASCII
+digits only (abnf.DIGITS_RE), read with abnf.bounded_int.
+
+Cost: every step is linear in the message and does Python work per element only up to the
+limits (Limits.max_list_elements elements per list header, Limits.max_params parameters per
+via-parm, name-addr or URI; both answered with 413). Contact, Route and Record-Route elements
+are checked with regular expressions and not built; From, To, the Request-URI and the Vias
+are built. tests/unit/test_parse_cost.py holds the worst shapes to a few milliseconds.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ from __future__ import annotations
 import re
 
 from . import abnf
+from .abnf import UINT32_MAX, bounded_int, parse_digits
 from .limits import DEFAULT_LIMITS, Limits, ParseError
 from .message import (
-    _NAMES, CSeq, Headers, NameAddr, Request, Response, Via, bounded_int, split_list,
+    _NAMES, LIST_HEADERS, CSeq, Headers, NameAddr, Request, Response, Via, canonical_name,
+    check_name_addr, split_list, too_many_params,
 )
-from .uri import SipUri, parse_uri
+from .uri import SipUri, check_uri, parse_uri
 
 __all__ = ["parse_message", "ParseError", "KNOWN_METHODS"]
 
@@ -47,11 +56,9 @@ _SINGLETON_NAMES = {
     "content-type": "Content-Type",
 }
 _MANDATORY = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
-_UINT32_MAX = 2**32 - 1
 _HEADER_NAME_RE = abnf.HEADER_NAME_RE
 _CALLID_FULLMATCH = abnf.CALLID_RE.fullmatch
 _CSEQ_FULLMATCH = abnf.CSEQ_RE.fullmatch
-_DIGITS_FULLMATCH = abnf.DIGITS_RE.fullmatch
 _MEDIA_TYPE_FULLMATCH = abnf.MEDIA_TYPE_RE.fullmatch
 # Every spelling seen in practice, as is and lower-cased: most lookups then skip .lower().
 _NAMES_ANY_CASE = dict(_NAMES)
@@ -60,12 +67,18 @@ _NAMES_ANY_CASE.update({k.upper(): v for k, v in _NAMES.items() if len(k) == 1})
 
 
 class _Head:
-    __slots__ = ("start_line", "headers", "index")
+    """A scanned header section. `elements`: header lines plus commas, an upper bound on
+    the elements of any list header; when it is within max_list_elements the parser skips
+    counting them (a PUBLISH usually has no comma at all)."""
 
-    def __init__(self, start_line: str, headers: Headers, index: dict[str, list[str]]) -> None:
+    __slots__ = ("start_line", "headers", "index", "elements")
+
+    def __init__(self, start_line: str, headers: Headers, index: dict[str, list[str]],
+                 elements: int = 1 << 62) -> None:
         self.start_line = start_line
         self.headers = headers
         self.index = index
+        self.elements = elements
 
 
 # LWS  =  [*WSP CRLF] 1*WSP: a folded line break and the whitespace around it become one SP.
@@ -84,7 +97,7 @@ def _scan_head(data: bytes | bytearray, start: int, end: int, limits: Limits) ->
     if not rest:
         if "\r" in start_line or "\n" in start_line:
             raise ParseError(400, "Bare CR or LF in header section")
-        return _Head(start_line, Headers._trusted([], {}), {})
+        return _Head(start_line, Headers._trusted([], {}), {}, 0)
     if rest[0] == " " or rest[0] == "\t":
         raise ParseError(400, "Continuation line before the first header field")
     if "\r\n " in rest or "\r\n\t" in rest:
@@ -126,7 +139,8 @@ def _scan_head(data: bytes | bytearray, start: int, end: int, limits: Limits) ->
             index[key] = [value]
         else:
             bucket.append(value)
-    return _Head(start_line, Headers._trusted(fields, index), index)
+    elements = len(lines) + rest.count(",") if "," in rest else len(lines)
+    return _Head(start_line, Headers._trusted(fields, index), index, elements)
 
 
 def _content_length(head: _Head, limits: Limits) -> int | None:
@@ -151,7 +165,7 @@ def _build(head: _Head, body: bytes, limits: Limits,
     line = head.start_line
     first, _, _ = line.partition(" ")
     if "/" in first:
-        return _build_response(head, body, deferred)
+        return _build_response(head, body, limits, deferred)
 
     # Request-Line  =  Method SP Request-URI SP SIP-Version CRLF
     parts = line.split(" ")
@@ -161,7 +175,7 @@ def _build(head: _Head, body: bytes, limits: Limits,
         or abnf.METHOD_RE.fullmatch(parts[0]) is None
         or (parts[2] != "SIP/2.0" and abnf.SIP_VERSION_RE.fullmatch(parts[2]) is None)
     ):
-        raise _malformed_request_line(head, parts, body)
+        raise _malformed_request_line(head, parts, body, limits)
     method, uri, version = parts
     version_ok = version == "SIP/2.0"
     if not version_ok:
@@ -169,8 +183,7 @@ def _build(head: _Head, body: bytes, limits: Limits,
         if version_ok:
             version = "SIP/2.0"
 
-    index = head.index
-    vias = _vias(index)
+    vias = _vias(head, limits)
     request = Request(method, uri, head.headers, body, version)
     request._cache["vias"] = vias
 
@@ -184,8 +197,12 @@ def _build(head: _Head, body: bytes, limits: Limits,
     if len(uri) > limits.max_header_length:
         raise fail(414, "Request-URI Too Long")
     try:
+        if len(uri) > 2 * limits.max_params:
+            check_uri(uri, limits.max_params)  # 413 before building what is too many
         parsed_uri = parse_uri(uri)
-    except ParseError:
+    except ParseError as exc:
+        if exc.status == 413:
+            raise fail(413, "Too many Request-URI parameters") from None
         raise fail(400, "Malformed Request-URI") from None
     if isinstance(parsed_uri, SipUri):
         if parsed_uri.headers:
@@ -193,7 +210,7 @@ def _build(head: _Head, body: bytes, limits: Limits,
         request._cache["parsed-uri"] = parsed_uri
 
     try:
-        _check_common(request, index)
+        _check_common(request, head, limits)
     except ParseError as exc:
         raise fail(exc.status, exc.reason) from None
 
@@ -205,12 +222,13 @@ def _build(head: _Head, body: bytes, limits: Limits,
     return request
 
 
-def _malformed_request_line(head: _Head, parts: list[str], body: bytes) -> ParseError:
+def _malformed_request_line(head: _Head, parts: list[str], body: bytes,
+                            limits: Limits) -> ParseError:
     # RFC 4475 3.1.2.7-3.1.2.10: reject with 400. When the Via is readable the error still
     # carries a partial request (method as far as it is a token, Request-URI unknown: "") so
     # that the 400 can be addressed.
     try:
-        vias = _vias(head.index)
+        vias = _vias(head, limits)
     except ParseError:
         return ParseError(400, "Malformed Request-Line")
     method = parts[0] if abnf.METHOD_RE.fullmatch(parts[0]) else ""
@@ -219,7 +237,8 @@ def _malformed_request_line(head: _Head, parts: list[str], body: bytes) -> Parse
     return ParseError(400, "Malformed Request-Line", partial)
 
 
-def _build_response(head: _Head, body: bytes, deferred: ParseError | None) -> Response:
+def _build_response(head: _Head, body: bytes, limits: Limits,
+                    deferred: ParseError | None) -> Response:
     # Status-Line  =  SIP-Version SP Status-Code SP Reason-Phrase CRLF
     # (a missing SP after the code is tolerated: RFC 4475 3.1.1.13 has one with an empty reason)
     version, _, rest = head.start_line.partition(" ")
@@ -234,38 +253,91 @@ def _build_response(head: _Head, body: bytes, deferred: ParseError | None) -> Re
         raise ParseError(505, "Version Not Supported")
     if deferred is not None:
         raise deferred
-    vias = _vias(head.index)
+    vias = _vias(head, limits)
     response = Response(int(code), reason, head.headers, body, "SIP/2.0")
     response._cache["vias"] = vias
-    _check_common(response, head.index)
+    _check_common(response, head, limits)
     return response
 
 
-def _vias(index: dict[str, list[str]]) -> list[Via]:
-    lines = index.get("via")
+def _vias(head: _Head, limits: Limits) -> list[Via]:
+    """Every via-parm, parsed. Raises ParseError: 400 when one is malformed, 413 when there
+    are more than max_list_elements of them or one has more than max_params parameters. The
+    request is then unanswerable (no `partial`): a response must copy every Via (RFC 3261
+    8.2.6.2), and one that echoes 64 KB of them to a possibly forged source is not sent."""
+    lines = head.index.get("via")
     if not lines:
         raise ParseError(400, "Missing Via header field")
+    if head.elements > limits.max_list_elements and \
+            _too_many_elements(lines, limits.max_list_elements):
+        raise ParseError(413, "Too many Via header field values")
+    max_params = limits.max_params
     vias = []
     for value in lines:
         for element in split_list(value):
             if not element:
                 raise ParseError(400, "Malformed Via header field")
-            vias.append(Via.parse(element))
+            via = Via.parse(element)
+            # (a parameter takes two characters at least: shorter texts need no count)
+            if len(via._params_text) > 2 * max_params and \
+                    too_many_params(via._params_text, max_params):
+                raise ParseError(413, "Too many Via parameters")
+            vias.append(via)
     return vias
 
 
-def _check_common(message: Request | Response, index: dict[str, list[str]]) -> None:
+_ELEMENT_COMMA_MATCH = abnf.LIST_ELEMENT_COMMA_RE.match
+
+
+def _too_many_elements(values: list[str], maximum: int) -> bool:
+    """Do these lines of one list header hold more than `maximum` elements?"""
+    # Each line holds at least one element and each comma may start another: one count per
+    # line decides most cases. Above it, step over elements (commas inside quotes or <...>
+    # do not count) and stop as soon as the bound is passed: at most maximum + 1 steps,
+    # however many thousands of commas there are.
+    if len(values) + sum(value.count(",") for value in values) <= maximum:
+        return False
+    remaining = maximum
+    for value in values:
+        remaining -= 1  # the element after the last separating comma
+        if remaining < 0:
+            return True
+        if '"' not in value and "<" not in value:
+            remaining -= value.count(",")
+            if remaining < 0:
+                return True
+            continue
+        pos = 0
+        while True:
+            match = _ELEMENT_COMMA_MATCH(value, pos)
+            if match is None:
+                break
+            remaining -= 1
+            if remaining < 0:
+                return True
+            pos = match.end()
+    return False
+
+
+def _check_common(message: Request | Response, head: _Head, limits: Limits) -> None:
     """The header checks requests and responses share; fills the message's cache."""
+    index = head.index
     for key, values in index.items():
         if len(values) > 1 and key in _SINGLETON_NAMES:
             raise ParseError(400, f"Multiple {_SINGLETON_NAMES[key]} header fields")
+    max_elements = limits.max_list_elements
+    if head.elements > max_elements:
+        for key, values in index.items():
+            if key in LIST_HEADERS and _too_many_elements(values, max_elements):
+                raise ParseError(413, f"Too many {canonical_name(key)} header field values")
     for key, name in _MANDATORY:
         if key not in index:
             raise ParseError(400, f"Missing {name} header field")
 
+    max_params = limits.max_params
     cache = message._cache
-    cache["From"] = _name_addr(index["from"][0], "From")
-    cache["To"] = _name_addr(index["to"][0], "To")
+    cache["From"] = _name_addr(index["from"][0], "From", max_params)
+    cache["To"] = _name_addr(index["to"][0], "To", max_params)
 
     if _CALLID_FULLMATCH(index["call-id"][0]) is None:
         raise ParseError(400, "Malformed Call-ID header field")
@@ -273,15 +345,14 @@ def _check_common(message: Request | Response, index: dict[str, list[str]]) -> N
     cseq = _CSEQ_FULLMATCH(index["cseq"][0])
     if cseq is None:
         raise ParseError(400, "Malformed CSeq header field")
-    number = bounded_int(cseq.group(1), _UINT32_MAX)
+    number = bounded_int(cseq.group(1), UINT32_MAX)
     if number is None:
         raise ParseError(400, "CSeq number out of range")
     cache["cseq"] = CSeq(number, cseq.group(2))
 
     values = index.get("max-forwards")
     if values is not None:
-        value = values[0]
-        hops = bounded_int(value, 255) if _DIGITS_FULLMATCH(value) else None
+        hops = parse_digits(values[0], 255)
         if hops is None:
             raise ParseError(400, "Malformed Max-Forwards header field")
         cache["max-forwards"] = hops
@@ -291,40 +362,94 @@ def _check_common(message: Request | Response, index: dict[str, list[str]]) -> N
         if media is None:
             raise ParseError(400, "Malformed Content-Type header field")
         cache["content-type"] = f"{media.group('type')}/{media.group('subtype')}".lower()
-    for value in index.get("contact", ()):
-        for element in split_list(value):
-            if element != "*":
-                _name_addr(element, "Contact")
-    for key, name in (("route", "Route"), ("record-route", "Record-Route")):
+    for key, name, brackets_required in _NAME_ADDR_LISTS:
         for value in index.get(key, ()):
             for element in split_list(value):
-                _name_addr(element, name, brackets_required=True)
+                if element == "*" and key == "contact":
+                    continue
+                try:
+                    check_name_addr(element, brackets_required,
+                                    max_params if len(element) > 2 * max_params else None)
+                except ParseError as exc:
+                    if exc.status == 413:
+                        raise ParseError(413, f"Too many {name} parameters") from None
+                    raise ParseError(400, f"Malformed {name} header field") from None
     for value in index.get("date", ()):
         if abnf.DATE_RE.fullmatch(value) is None:
             raise ParseError(400, "Malformed Date header field")
 
 
-def _name_addr(value: str, name: str, brackets_required: bool = False) -> NameAddr:
+# List headers whose every element the parser checks (name-addr syntax), without building.
+_NAME_ADDR_LISTS = (("contact", "Contact", False), ("route", "Route", True),
+                    ("record-route", "Record-Route", True))
+
+
+def _name_addr(value: str, name: str, max_params: int) -> NameAddr:
+    """From and To, built (and memoised: they recur)."""
     try:
-        return NameAddr.parse(value, brackets_required=brackets_required)
-    except ParseError:
+        if len(value) > 2 * max_params:  # else it cannot hold more than max_params
+            check_name_addr(value, max_params=max_params)  # 413 before building too much
+        return NameAddr.parse(value)
+    except ParseError as exc:
+        if exc.status == 413:
+            raise ParseError(413, f"Too many {name} parameters") from None
         raise ParseError(400, f"Malformed {name} header field") from None
+
+
+# What a response copies from its request (RFC 3261 8.2.6.2), as header lines of a section
+# already unfolded and prefixed with "\r\n" (so every line starts after a "\n"). The
+# literal "\n" lets the regex engine skip to candidate lines in C.
+_PARTIAL_VIA_RE = re.compile(r"(?i)\n(?:via|v)[ \t]*+:[ \t]*+([^\r\n]*+)")
+_PARTIAL_SINGLETONS = tuple(
+    (canonical, key, re.compile(rf"(?i)\n(?:{spelling})[ \t]*+:[ \t]*+([^\r\n]*+)"))
+    for canonical, key, spelling in (
+        ("From", "from", "from|f"), ("To", "to", "to|t"), ("Call-ID", "call-id", "call-id|i"),
+        ("CSeq", "cseq", "cseq"),
+    )
+)
 
 
 def scan_head_for_partial(data: bytes | bytearray, start: int, end: int, limits: Limits,
                           error: ParseError) -> _Head | None:
     """After `_scan_head` refused a header section as too large (413: too many or too long
-    header fields), scan it again without those two bounds so that the 413 can carry
-    `partial` and be answered. None for any other error, or when it still cannot be read.
-    (The section is already bounded by max_message_size, so this costs one linear pass.)"""
+    header fields), read from it what a response needs, so that the 413 can carry `partial`
+    and be answered: the start line, every Via line and the first From, To, Call-ID and
+    CSeq (the partial request's headers hold only these). None for any other error, when
+    the section has a bare CR or LF, or when there are more Via lines than
+    max_list_elements (the request is not answered, see _vias).
+
+    Regular expressions find the lines, so a section of 10,000 short lines costs a few
+    searches in C, not a Python step per line (it is bounded by max_message_size)."""
     if error.status != 413:
         return None
-    relaxed = Limits(max_message_size=limits.max_message_size, max_headers=end - start + 1,
-                     max_header_length=end - start + 1, max_body_size=limits.max_body_size)
-    try:
-        return _scan_head(data, start, end, relaxed)
-    except ParseError:
+    text = data[start:end].decode("utf-8", "surrogateescape")
+    start_line, _, rest = text.partition("\r\n")
+    if not start_line or not rest or rest[0] == " " or rest[0] == "\t":
         return None
+    if "\r\n " in rest or "\r\n\t" in rest:
+        rest = _FOLD_RE.sub(" ", rest)
+    breaks = rest.count("\r\n")
+    if rest.count("\r") != breaks or rest.count("\n") != breaks or "\n" in start_line \
+            or "\r" in start_line:
+        return None
+    rest = "\r\n" + rest
+    fields: list[tuple[str, str]] = []
+    vias: list[str] = []
+    for match in _PARTIAL_VIA_RE.finditer(rest):
+        if len(vias) >= limits.max_list_elements:
+            return None
+        vias.append(match.group(1).rstrip(" \t"))
+    index: dict[str, list[str]] = {}
+    if vias:
+        index["via"] = vias
+        fields.extend(("Via", value) for value in vias)
+    for canonical, key, pattern in _PARTIAL_SINGLETONS:
+        match = pattern.search(rest)
+        if match is not None:
+            value = match.group(1).rstrip(" \t")
+            index[key] = [value]
+            fields.append((canonical, value))
+    return _Head(start_line, Headers._trusted(fields, index), index)
 
 
 def _unterminated(data: bytes | bytearray, start: int, size: int, limits: Limits) -> ParseError:

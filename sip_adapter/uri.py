@@ -11,6 +11,7 @@ Parsed URIs are immutable and memoised: the same few AORs recur in every message
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -20,7 +21,9 @@ from urllib.parse import unquote, unquote_to_bytes
 from . import abnf
 from .limits import ParseError
 
-__all__ = ["SipUri", "AbsoluteUri", "parse_uri", "parse_sip_uri", "aor", "canonical_user"]
+__all__ = [
+    "SipUri", "AbsoluteUri", "parse_uri", "parse_sip_uri", "check_uri", "aor", "canonical_user",
+]
 
 _EMPTY: Mapping[str, str | None] = MappingProxyType({})
 
@@ -124,35 +127,75 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
         if not isinstance(text, str):
             raise _bad()
         text = str(text)
+    if len(text) > _CACHED_LENGTH:
+        return _parse_uri.__wrapped__(text)
     return _parse_uri(text)
 
 
-@lru_cache(maxsize=4096)
-def _parse_uri(text: str) -> SipUri | AbsoluteUri:
-    prefix = abnf.SCHEME_PREFIX_RE.match(text)
+# URIs longer than this are parsed every time rather than memoised: the cache holds the few
+# AORs that recur, and must not hold 4,096 hostile 8 KB strings.
+_CACHED_LENGTH = 512
+
+
+def check_uri(text: str, max_params: int | None = None) -> None:
+    """Check a URI as parse_uri does, without building it (the parser validates every Contact
+    and Route this way; only the ones read later are built). ParseError(400) when malformed;
+    ParseError(413) when it has more than `max_params` uri-parameters or headers."""
+    prefix = _SCHEME_PREFIX_MATCH(text)
     if prefix is None:
         raise _bad()
     scheme = prefix.group(1).lower()
     if scheme != "sip" and scheme != "sips":
-        m = abnf.ABSOLUTE_URI_RE.fullmatch(text)
-        if m is None:
+        if _ABSOLUTE_URI_FULLMATCH(text) is None:
             raise _bad()
-        return AbsoluteUri(scheme, m.group("rest"), text)
-    m = abnf.SIP_URI_RE.fullmatch(text)
+        return
+    m = _match_sip(text)
+    if max_params is not None:
+        if m.group("params").count(";") > max_params:
+            raise ParseError(413, "Too many URI parameters")
+        headers = m.group("headers")
+        if headers is not None and headers.count("&") >= max_params:
+            raise ParseError(413, "Too many URI headers")
+
+
+_SCHEME_PREFIX_MATCH = abnf.SCHEME_PREFIX_RE.match
+_ABSOLUTE_URI_FULLMATCH = abnf.ABSOLUTE_URI_RE.fullmatch
+_SIP_URI_FULLMATCH = abnf.SIP_URI_RE.fullmatch
+
+
+def _match_sip(text: str) -> re.Match[str]:
+    """The SIP-URI grammar's match, with what a regular expression cannot check (an IPv6
+    reference's address, a port's range) checked too. Raises ParseError(400)."""
+    m = _SIP_URI_FULLMATCH(text)
     if m is None:
         raise _bad()
-    host = m.group("host").lower()
-    if host.startswith("["):
+    host = m.group("host")
+    if host[0] == "[":
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise _bad() from None
     port_text = m.group("port")
-    port = None
-    if port_text is not None:
-        if len(port_text) > 5 or int(port_text) > 65535:
+    if port_text is not None and abnf.bounded_int(port_text, 65535) is None:
+        raise _bad()
+    return m
+
+
+@lru_cache(maxsize=4096)
+def _parse_uri(text: str) -> SipUri | AbsoluteUri:
+    prefix = _SCHEME_PREFIX_MATCH(text)
+    if prefix is None:
+        raise _bad()
+    scheme = prefix.group(1).lower()
+    if scheme != "sip" and scheme != "sips":
+        m = _ABSOLUTE_URI_FULLMATCH(text)
+        if m is None:
             raise _bad()
-        port = int(port_text)
+        return AbsoluteUri(scheme, m.group("rest"), text)
+    m = _match_sip(text)
+    host = m.group("host").lower()
+    port_text = m.group("port")
+    port = None if port_text is None else abnf.bounded_int(port_text, 65535)
     params_text = m.group("params")
     params: Mapping[str, str | None] = _EMPTY
     if params_text:

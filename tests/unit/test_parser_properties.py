@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from sip_adapter.framer import StreamFramer
 from sip_adapter.limits import Limits
-from sip_adapter.message import Request, Response
+from sip_adapter.message import Request, Response, count_elements, split_list
 from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.responses import make_response, render_response
 from sip_adapter.serializer import serialize
@@ -138,6 +138,52 @@ def test_a_message_the_framer_delimits_the_datagram_parser_reads_alike(data):
     assert not isinstance(streamed, ParseError), \
         f"datagram accepted what a stream refused: {streamed}"
     assert serialize(streamed) == serialize(datagram)
+
+
+# --- list splitting -----------------------------------------------------------------------------
+
+
+def _split_list_reference(value: str) -> list[str]:
+    """The former per-character split_list, kept as the specification of the regex one."""
+    out, start, i, n = [], 0, 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == '"':
+            i += 1
+            while i < n:
+                c = value[i]
+                if c == "\\":
+                    i += 2
+                    continue
+                if c == '"':
+                    break
+                i += 1
+        elif c == "<":
+            close = value.find(">", i)
+            i = n if close < 0 else close
+        elif c == ",":
+            out.append(value[start:i].strip(" \t"))
+            start = i + 1
+        i += 1
+    out.append(value[start:].strip(" \t"))
+    return out
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet='ab ,\t"\\<>;=', max_size=40))
+def test_split_list_matches_the_per_character_definition(value):
+    elements = split_list(value)
+    assert elements == _split_list_reference(value)
+    assert count_elements(value) == len(elements)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.text(alphabet='a,"\\<>', max_size=30), min_size=1, max_size=4),
+       st.integers(0, 12))
+def test_the_parsers_bounded_element_count_agrees_with_split_list(values, maximum):
+    from sip_adapter.parser import _too_many_elements
+    total = sum(len(split_list(value)) for value in values)
+    assert _too_many_elements(values, maximum) == (total > maximum)
 
 
 # --- the parser ----------------------------------------------------------------------------------

@@ -451,6 +451,132 @@ def test_header_too_long():
     assert parse_message(build(extra=[("X-Long", "v" * 8000)]))
 
 
+def test_many_short_header_lines_are_413_and_still_answerable():
+    extra = [("X", "y")] * 10_000 + [("Subject", "kept out of the partial")]
+    error = error_of(build(extra=extra, body=b"", length=None))
+    assert error.status == 413 and error.partial is not None
+    partial = error.partial
+    assert partial.top_via.branch == "z9hG4bK776asdhds"
+    assert (partial.call_id, partial.cseq.number) == (BASE[4][1], 314159)
+    assert partial.from_.tag == "1928301774" and partial.to.tag is None
+    # the partial request holds what a response copies, no more
+    assert {name for name, _ in partial.headers} == {"Via", "From", "To", "Call-ID", "CSeq"}
+
+
+def test_folded_and_compact_fields_in_a_too_large_section_are_read_for_the_answer():
+    fields = [("v", "SIP/2.0/UDP a.example.com;branch=z9hG4bKa"),
+              ("Via", "SIP/2.0/UDP\r\n b.example.com;branch=z9hG4bKb"),
+              ("f", "<sip:alice@example.com>;tag=1"), ("t", "<sip:bob@example.com>"),
+              ("i", "cid@x"), ("CSeq", "1 PUBLISH")]
+    data = build(fields, body=b"", length=None, extra=[("X-Long", "v" * 9000)])
+    error = error_of(data)
+    assert error.status == 413 and error.partial is not None
+    assert [via.host for via in error.partial.vias] == ["a.example.com", "b.example.com"]
+    assert error.partial.call_id == "cid@x"
+
+
+# --- limits on list elements and parameters (cost bounds, tests/unit/test_parse_cost.py) ------
+
+
+def vias(count: int) -> list[tuple[str, str]]:
+    return [("Via", ", ".join(f"SIP/2.0/UDP h{i}.example.com;branch=z9hG4bK{i}"
+                              for i in range(count)))]
+
+
+def test_list_element_defaults_leave_room_for_real_traffic():
+    assert DEFAULT_LIMITS.max_list_elements >= 71  # Max-Forwards 70: the UAC and 70 proxies
+    assert DEFAULT_LIMITS.max_params >= 32
+
+
+def test_vias_up_to_the_limit_are_accepted():
+    limit = DEFAULT_LIMITS.max_list_elements
+    m = parse_message(build(vias(limit - 1) + BASE))
+    assert len(m.vias) == limit and m.vias[0].host == "h0.example.com"
+
+
+@pytest.mark.parametrize("split_over_lines", [False, True])
+def test_too_many_vias_is_413_and_not_answered(split_over_lines):
+    limit = DEFAULT_LIMITS.max_list_elements
+    fields = vias(limit) if not split_over_lines else vias(limit // 2) + vias(limit - limit // 2)
+    error = error_of(build(fields + BASE))  # + BASE's Via: one too many
+    assert error.status == 413 and "Via" in error.reason
+    # answering would mean echoing every Via to a possibly forged source: not done
+    assert error.partial is None
+
+
+def test_commas_inside_quotes_and_angle_brackets_do_not_count_as_elements():
+    quoted = '"a' + "," * 500 + '" <sip:a' + ",b" * 200 + '@example.com>;p="' + "," * 300 + '"'
+    m = parse_message(build(extra=[("Contact", quoted)]))
+    assert m.headers.get_all("Contact") == [quoted]
+
+
+@pytest.mark.parametrize("name, element", [
+    ("Contact", "<sip:c{i}@example.com>"),
+    ("Route", "<sip:p{i}.example.com;lr>"),
+    ("Require", "ext{i}"),
+    ("Supported", "x"),
+    ("Allow", ""),
+])
+def test_too_many_list_elements_is_413_with_partial(name, element):
+    limit = DEFAULT_LIMITS.max_list_elements
+    values = [element.format(i=i) for i in range(limit)]
+    # at the limit: accepted (Require and Supported are read by the server, not the parser)
+    parse_message(build(extra=[(name, ", ".join(values))]))
+    # one more, on a line of its own: refused, and answerable
+    error = error_of(build(extra=[(name, ", ".join(values)), (name, element.format(i=0))]))
+    assert error.status == 413 and name in error.reason
+    assert error.partial is not None and error.partial.top_via.branch == "z9hG4bK776asdhds"
+
+
+def test_list_element_limit_is_configurable():
+    limits = Limits(max_list_elements=3)
+    parse_message(build(extra=[("Supported", "a, b, c")]), limits)
+    assert error_of(build(extra=[("Supported", "a, b"), ("Supported", "c, d")]), limits).status \
+        == 413
+    assert error_of(build(vias(3) + BASE), limits).status == 413
+
+
+def test_via_params_up_to_the_limit_are_accepted():
+    limit = DEFAULT_LIMITS.max_params
+    via = "SIP/2.0/UDP h.example.com;branch=z9hG4bK1" + "".join(f";p{i}" for i in range(limit - 1))
+    m = parse_message(build([("Via", via)] + BASE[1:]))
+    assert len(m.top_via.params) == limit
+
+
+def test_too_many_via_params_is_413_without_partial():
+    limit = DEFAULT_LIMITS.max_params
+    via = "SIP/2.0/UDP h.example.com;branch=z9hG4bK1" + ";p" * limit
+    error = error_of(build([("Via", via)] + BASE[1:]))
+    assert error.status == 413 and "Via" in error.reason and error.partial is None
+    # semicolons inside a quoted value are not parameters
+    quoted = "SIP/2.0/UDP h.example.com;branch=z9hG4bK1;q=\"" + ";" * 200 + "\""
+    assert parse_message(build([("Via", quoted)] + BASE[1:])).top_via.params["q"]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("Contact", "<sip:c@example.com>" + ";p" * 65),
+    ("Contact", "<sip:c@example.com" + ";p" * 65 + ">"),
+    ("Contact", "<sip:c@example.com?h=v" + "&h=v" * 64 + ">"),
+    ("Route", "<sip:p.example.com;lr>" + ";p" * 65),
+    ("To", "<sip:alice@example.com>" + ";p" * 65),
+    ("From", "<sip:alice@example.com" + ";p" * 65 + ">;tag=1"),
+])
+def test_too_many_name_addr_or_uri_params_is_413_with_partial(name, value):
+    fields = [(n, v) for n, v in BASE if n != name] + [(name, value)]
+    error = error_of(build(fields))
+    assert error.status == 413 and name in error.reason and error.partial is not None
+    # 64 of each are fine
+    fine = value.replace(";p" * 65, ";p" * 64).replace("&h=v" * 64, "&h=v" * 63)
+    parse_message(build([(n, v) for n, v in BASE if n != name] + [(name, fine)]))
+
+
+def test_too_many_request_uri_params_is_413_with_partial():
+    error = error_of(build(start="PUBLISH sip:alice@example.com" + ";p" * 65 + " SIP/2.0"))
+    assert error.status == 413 and error.partial is not None
+    m = parse_message(build(start="PUBLISH sip:alice@example.com" + ";p" * 64 + " SIP/2.0"))
+    assert len(m.parsed_uri.params) == 1  # ";p" 64 times is one parameter, named p
+
+
 # --- text decoding ------------------------------------------------------------------------
 
 
