@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain import Audit, InvalidResource, PublishRequest, address_of_record
 
+from .limits import ParseError
 from .routing import Origin
 
 
@@ -45,15 +46,17 @@ def to_publish_request(request, origin: Origin, identity: str | None = None,
         if not if_match:
             raise BadPublish(400, "Empty SIP-If-Match")
 
+    # The value is read in one place, Message.expires (delta-seconds in ASCII digits, above
+    # 2**32-1 read as 2**32-1); "²", "١٢٣", a sign or an empty value are a 400 here.
     expires = None
     expires_values = index.get("expires")
     if expires_values:
         if len(expires_values) > 1:
             raise BadPublish(400, "Several Expires Values")
-        text = expires_values[0].strip()
-        if not text.isdigit():
-            raise BadPublish(400, "Bad Expires")
-        expires = min(int(text), 2**32 - 1)
+        try:
+            expires = request.expires
+        except ParseError:
+            raise BadPublish(400, "Bad Expires") from None
 
     body = request.body or None
     content_types = index.get("content-type")

@@ -30,6 +30,13 @@ BASE = [
 ]
 
 
+# Numbers in header fields are DIGIT = %x30-39 only. Python's str.isdigit() and regex \d also
+# accept superscripts, Arabic-Indic and fullwidth digits, and int() reads "١٢٣" as 123 and
+# refuses "²": none of them may get through, and none may raise anything but ParseError.
+NOT_ASCII_DIGITS = ["\u00b2", "\u0661\u0662\u0663", "\uff11\uff12\uff13", "1\u00b2",
+                    "\u00a060", "\U0001d7d8"]
+
+
 def build(headers=None, *, start="PUBLISH sip:alice@example.com SIP/2.0", body=PIDF,
           length: object = "auto", drop=(), extra=()) -> bytes:
     """A PUBLISH as bytes; `length` "auto" writes a correct Content-Length, None none."""
@@ -412,7 +419,8 @@ def test_without_content_length_the_rest_of_the_datagram_is_the_body():
     assert m.body == PIDF and m.content_length is None
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "1.5", "0x10", "", "1 2", "+5"])
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", "0x10", "", "1 2", "+5",
+                                   *NOT_ASCII_DIGITS])
 def test_malformed_content_length_is_400(value):
     error = error_of(build(length=value))
     assert error.status == 400 and "Content-Length" in error.reason
@@ -597,19 +605,67 @@ def test_utf8_display_name():
 
 
 @pytest.mark.parametrize("value, expected", [("0", 0), ("3600", 3600), ("007", 7),
-                                             ("4294967296", 2**32 - 1), ("9" * 6000, 2**32 - 1)])
+                                             ("0" * 5000 + "60", 60),
+                                             ("4294967295", 2**32 - 1),
+                                             ("4294967296", 2**32 - 1), ("9" * 6000, 2**32 - 1),
+                                             ("9" * 5000, 2**32 - 1), (" 60\t", 60)])
 def test_expires(value, expected):
     fields = [(n, value if n == "Expires" else v) for n, v in BASE]
     assert parse_message(build(fields)).expires == expected
 
 
-@pytest.mark.parametrize("values", [["soon"], ["-1"], ["1.5"], ["3600", "60"], [""]])
+@pytest.mark.parametrize("values", [["soon"], ["-1"], ["1.5"], ["3600", "60"], [""], ["+5"],
+                                    ["6 0"], ["0x10"], ["1e3"], ["60;x"]]
+                         + [[value] for value in NOT_ASCII_DIGITS])
 def test_bad_expires_raises_400_from_the_accessor(values):
     fields = [f for f in BASE if f[0] != "Expires"] + [("Expires", v) for v in values]
     m = parse_message(build(fields))
     with pytest.raises(ParseError) as caught:
         m.expires
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("value", ["-1", "", "256", "1.5", "9" * 5000, *NOT_ASCII_DIGITS])
+def test_malformed_max_forwards_is_400_with_partial(value):
+    fields = [(n, value if n == "Max-Forwards" else v) for n, v in BASE]
+    error = error_of(build(fields))
+    assert error.status == 400 and "Max-Forwards" in error.reason and error.partial is not None
+
+
+def test_max_forwards_with_leading_zeros():
+    fields = [(n, "0" * 5000 + "70" if n == "Max-Forwards" else v) for n, v in BASE]
+    assert parse_message(build(fields)).max_forwards == 70
+
+
+@pytest.mark.parametrize("number", ["-1", "", "4294967296", "9" * 5000, *NOT_ASCII_DIGITS])
+def test_malformed_cseq_number_is_400_with_partial(number):
+    fields = [(n, f"{number} PUBLISH" if n == "CSeq" else v) for n, v in BASE]
+    error = error_of(build(fields))
+    assert error.status == 400 and "CSeq" in error.reason and error.partial is not None
+
+
+def test_cseq_number_with_leading_zeros():
+    fields = [(n, "0" * 5000 + "7 PUBLISH" if n == "CSeq" else v) for n, v in BASE]
+    assert parse_message(build(fields)).cseq.number == 7
+
+
+@pytest.mark.parametrize("port", ["65536", "9" * 5000, "", *NOT_ASCII_DIGITS])
+def test_malformed_via_port_is_400(port):
+    fields = [("Via", f"SIP/2.0/UDP 192.0.2.10:{port};branch=z9hG4bK1")] + BASE[1:]
+    assert error_of(build(fields)).status == 400
+
+
+@pytest.mark.parametrize("port", ["65536", "9" * 5000, "-1", *NOT_ASCII_DIGITS])
+def test_malformed_request_uri_port_is_400(port):
+    error = error_of(build(start=f"PUBLISH sip:alice@example.com:{port} SIP/2.0"))
+    assert error.status == 400 and error.partial is not None
+
+
+def test_ports_with_leading_zeros():
+    fields = [("Via", "SIP/2.0/UDP 192.0.2.10:" + "0" * 5000 + "5060;branch=z9hG4bK1")] + BASE[1:]
+    m = parse_message(build(fields, start="PUBLISH sip:alice@example.com:" + "0" * 5000
+                            + "5070 SIP/2.0"))
+    assert m.top_via.port == 5060 and m.parsed_uri.port == 5070
 
 
 def test_expires_absent():
