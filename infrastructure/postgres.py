@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 import psycopg_pool
@@ -40,10 +40,8 @@ from eventsourcing.postgres import (ConnectionPool, PostgresAggregateRecorder,
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
+from .application import APPLICATION_NAME
 from .store_url import BadStoreURL, parse_store_url
-
-if TYPE_CHECKING:
-    from .compositor import Compositor
 
 log = logging.getLogger("esc.postgres")
 
@@ -159,7 +157,23 @@ def _undecorated(method: Any) -> Any:
     return getattr(method, "__wrapped__", method)
 
 
-class EscApplicationRecorder(PostgresApplicationRecorder):
+class _DeletesAll:
+    datastore: EscPostgresDatastore
+    events_table_name: str
+
+    def delete_all(self) -> None:
+        """Delete every stored event of this recorder's table (Compositor.clear).
+        Notification ids are not restarted: other nodes' views and the feed's consumers
+        hold positions, and new events must come after them."""
+        datastore = self.datastore
+        with datastore.transaction(commit=True) as curs:
+            curs.execute(SQL("SET LOCAL lock_timeout = {}").format(
+                f"{max(1, datastore.lock_timeout) * 1000}ms"))
+            curs.execute(SQL("TRUNCATE {}").format(
+                Identifier(datastore.schema, self.events_table_name)))
+
+
+class EscApplicationRecorder(_DeletesAll, PostgresApplicationRecorder):
     datastore: EscPostgresDatastore
 
     def insert_events(self, stored_events: Sequence[Any], **kwargs: Any) -> Any:
@@ -181,7 +195,7 @@ class EscApplicationRecorder(PostgresApplicationRecorder):
         return _bounded(self.datastore, lambda: select(self), retry=True)
 
 
-class EscAggregateRecorder(PostgresAggregateRecorder):
+class EscAggregateRecorder(_DeletesAll, PostgresAggregateRecorder):
     """The snapshot store."""
 
     datastore: EscPostgresDatastore
@@ -202,6 +216,10 @@ class EscAggregateRecorder(PostgresAggregateRecorder):
 class EscPostgresFactory(PostgresFactory):
     aggregate_recorder_class = EscAggregateRecorder
     application_recorder_class = EscApplicationRecorder
+
+    # Several nodes write one database: a node's view is caught up with the others'
+    # events before it answers a query.
+    shared = True
 
     # Set by `migrate`: create (or re-create idempotently) even when the tables exist.
     FORCE_SCHEMA = "ESC_FORCE_SCHEMA"
@@ -310,12 +328,10 @@ def schema_lock(datastore: EscPostgresDatastore,
 # ---- operations ---------------------------------------------------------------------------------
 
 def _env_for(url: str, **extra: str) -> Environment:
-    from .compositor import Compositor
-
     config = parse_store_url(url)
     if config.kind != "postgresql":
         raise BadStoreURL(f"not a postgresql store URL: {url!r}")
-    return Environment(Compositor.name, {**config.env, "CREATE_TABLE": "y", **extra})
+    return Environment(APPLICATION_NAME, {**config.env, "CREATE_TABLE": "y", **extra})
 
 
 def migrate(url: str, *, create_database: bool = False) -> list[str]:
@@ -365,19 +381,3 @@ def drop_database(url: str, maintenance_db: str = "postgres") -> None:
     with psycopg.connect(**kwargs, dbname=maintenance_db, autocommit=True) as conn:
         conn.execute(SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(dbname)))
 
-
-def truncate_all(compositor: "Compositor") -> None:
-    """Delete every event and snapshot (Compositor.clear). Notification ids are not
-    restarted: other nodes' views and the feed's consumers hold positions, and new events
-    must come after them."""
-    datastore = compositor.recorder.datastore  # type: ignore[attr-defined]
-    tables = [compositor.recorder.events_table_name]  # type: ignore[attr-defined]
-    snapshots = getattr(compositor.snapshots, "recorder", None)
-    if snapshots is not None:
-        tables.append(snapshots.events_table_name)
-    statement = SQL("TRUNCATE {}").format(SQL(", ").join(
-        Identifier(datastore.schema, table) for table in tables))
-    with datastore.transaction(commit=True) as curs:
-        curs.execute(SQL("SET LOCAL lock_timeout = {}").format(
-            f"{max(1, datastore.lock_timeout) * 1000}ms"))
-        curs.execute(statement)

@@ -13,6 +13,10 @@
                                      any eventsourcing persistence module; the query
                                      parameters become its environment settings
 
+Each scheme names its persistence module (eventsourcing's, extended where esc needs more):
+`infrastructure.sqlite`, `infrastructure.memory`, `infrastructure.postgres`; a `module:`
+URL names any other, used as it is.
+
 The current-state view is a separate SQLite file (it can always be rebuilt from the
 events): by default beside an SQLite store (`<path>-view`), in memory otherwise, or where
 `?view=PATH` says.
@@ -36,10 +40,6 @@ class StoreConfig:
     kind: str  # "sqlite", "memory", "postgresql", "module"
     env: dict[str, str] = field(default_factory=dict)
     view_path: str | None = None  # None: in-memory view
-
-    @property
-    def sqlite_path(self) -> str | None:
-        return self.env.get("SQLITE_DBNAME") if self.kind == "sqlite" else None
 
 
 # postgresql URL query parameters -> eventsourcing settings (infrastructure.postgres reads
@@ -173,14 +173,15 @@ def parse_store_url(url: str) -> StoreConfig:
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
         if not path:
             raise BadStoreURL(f"sqlite URL has no file path: {url!r}")
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+        env = {"PERSISTENCE_MODULE": "infrastructure.sqlite:EscSQLiteFactory",
+               "SQLITE_DBNAME": path,
                "SQLITE_LOCK_TIMEOUT": query.pop("lock_timeout", "10")}
         if query:
             raise BadStoreURL(f"unknown sqlite URL parameter(s): {', '.join(query)}")
         return StoreConfig(url, "sqlite", env, view or f"{path}-view")
     if scheme == "memory":
-        return StoreConfig(url, "memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"},
-                           view)
+        return StoreConfig(url, "memory",
+                           {"PERSISTENCE_MODULE": "infrastructure.memory:EscPOPOFactory"}, view)
     if scheme in ("postgresql", "postgres"):
         return _postgres_config(url, parts, query, view)
     if scheme == "module":

@@ -13,6 +13,10 @@ Tables:
                   finds the aggregates of a resource, including ended ones
     tracking      name -> last applied notification position ("view" for this projection,
                   other names for change-feed consumers)
+
+The view is an eventsourcing `TrackingRecorder` (`max_tracking_id`, `insert_tracking`, and
+the library's `has_tracking_id` and `wait`): it follows one application, the compositor's,
+whose position it keeps under the name "view".
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import sqlite_utils
+from eventsourcing.persistence import Tracking, TrackingRecorder
 
 from domain.publication import Publication
 
@@ -43,11 +48,8 @@ class LivePublication:
     published_at: float
     updated_at: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
-class CurrentStateView:
+class CurrentStateView(TrackingRecorder):
     def __init__(self, path: str | None) -> None:
         self.path = path
         conn = sqlite3.connect(path or ":memory:", isolation_level=None,
@@ -100,6 +102,14 @@ class CurrentStateView:
                 conn.execute("COMMIT")
 
     # ---- tracking --------------------------------------------------------------------------
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The last notification of the followed application applied here (None: none)."""
+        return self.position() or None
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        with self.transaction() as conn:
+            self._track(conn, VIEW, tracking.notification_id)
 
     def position(self, name: str = VIEW) -> int:
         with self._lock:
