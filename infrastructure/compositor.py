@@ -229,3 +229,9 @@ class Compositor:
             self.view.close()
         finally:
             self.app.close()
+
+    def __enter__(self) -> "Compositor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

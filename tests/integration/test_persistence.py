@@ -7,6 +7,7 @@ import pytest
 from eventsourcing.persistence import Tracking
 
 from domain import PublishRequest
+from infrastructure import Compositor
 from infrastructure.application import SNAPSHOT_INTERVAL
 from infrastructure.memory import EscPOPOFactory
 from infrastructure.sqlite import EscSQLiteFactory
@@ -90,3 +91,12 @@ def test_the_view_is_a_tracking_recorder_and_the_projection_a_library_projection
     c.projection.process_event(event, Tracking(c.app.name, notifications[0].id))  # again
     assert c.view.snapshot() == live and c.view.max_tracking_id(c.app.name) == 1
     assert c.verify() == (1, 1, [])
+
+
+def test_the_compositor_is_a_context_manager_that_closes_its_store(store_url, pidf):
+    with Compositor.open(store_url) as esc:  # as README's example uses it
+        tag = esc.publish("sip:alice@example.com", "presence", body=pidf(), content_type=PIDF,
+                          expires=600, now=NOW).etag
+    assert esc.app.closing.is_set()
+    with Compositor.open(store_url) as esc:
+        assert esc.find("sip:alice@example.com", tag, now=NOW) is not None
