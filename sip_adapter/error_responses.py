@@ -1,34 +1,48 @@
 """The one table that turns the compositor's refusals into SIP responses.
 
-Each domain error already knows the header it implies (Min-Expires, Allow-Events, Accept,
-Retry-After); this table fixes the status code and reason phrase that go on the wire, so
-they can be read (and changed) in one place.
+A refusal (domain/errors.py) carries facts only. Here each kind gets its status code, its
+reason phrase, and the headers its facts imply (RFC 3903 section 6, RFC 3261): Min-Expires
+for a 423, Allow-Events for a 489, Accept for a 415, Retry-After for a 503.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from domain import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
                     InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                     UnsupportedMediaType)
 
-#: error class -> (status, reason phrase)
-RESPONSES: dict[type[CompositorError], tuple[int, str]] = {
-    ConditionalRequestFailed: (412, "Conditional Request Failed"),
-    IntervalTooBrief: (423, "Interval Too Brief"),
-    BadEvent: (489, "Bad Event"),
-    UnsupportedMediaType: (415, "Unsupported Media Type"),
-    MissingBody: (400, "Missing Body"),
-    InvalidBody: (400, "Invalid Body"),
-    TooManyPublications: (403, "Too Many Publications For Resource"),
-    StoreUnavailable: (503, "Service Unavailable"),
-    InternalError: (500, "Server Internal Error"),
+Headers = list[tuple[str, str]]
+
+
+def _no_headers(error: Any) -> Headers:
+    return []
+
+
+#: error class -> (status, reason phrase, the headers its data gives)
+RESPONSES: dict[type[CompositorError], tuple[int, str, Callable[[Any], Headers]]] = {
+    ConditionalRequestFailed: (412, "Conditional Request Failed", _no_headers),
+    IntervalTooBrief: (423, "Interval Too Brief",
+                       lambda error: [("Min-Expires", str(error.min_expires))]),
+    BadEvent: (489, "Bad Event",
+               lambda error: [("Allow-Events", ", ".join(error.allowed))]),
+    UnsupportedMediaType: (415, "Unsupported Media Type",
+                           lambda error: [("Accept", ", ".join(error.accepted))]),
+    MissingBody: (400, "Missing Body", _no_headers),
+    InvalidBody: (400, "Invalid Body", _no_headers),
+    TooManyPublications: (403, "Too Many Publications For Resource", _no_headers),
+    StoreUnavailable: (503, "Service Unavailable",
+                       lambda error: [("Retry-After", str(error.retry_after))]),
+    InternalError: (500, "Server Internal Error", _no_headers),
 }
 
 
-def response_for(error: CompositorError) -> tuple[int, str, list[tuple[str, str]]]:
-    """(status, reason, extra headers) for a refusal; unknown ones are a 500."""
+def response_for(error: CompositorError) -> tuple[int, str, Headers]:
+    """(status, reason, extra headers) for a refusal; an unknown one is a 500."""
     for cls in type(error).__mro__:
-        if cls in RESPONSES:
-            status, reason = RESPONSES[cls]  # type: ignore[index]
-            return status, reason, error.headers()
+        entry = RESPONSES.get(cls)
+        if entry is not None:
+            status, reason, headers = entry
+            return status, reason, headers(error)
     return 500, "Server Internal Error", []

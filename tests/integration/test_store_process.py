@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from domain import PublishRequest, StoreUnavailable
+from domain import ConditionalRequestFailed, PublishRequest, StoreUnavailable
 from infrastructure import Compositor
 from infrastructure.records import Accepted
 from infrastructure.store_process import StoreProcess
@@ -46,7 +46,7 @@ def test_batches_are_answered_in_order_with_their_own_results(store_url, pidf):
     first, second = with_store(store_url, use)
     assert all(isinstance(r, Accepted) for r in first)
     assert isinstance(second[0], Accepted) and second[0].etag != first[0].etag
-    assert second[1].status == 412
+    assert isinstance(second[1], ConditionalRequestFailed)
 
 
 def test_batches_larger_than_the_pipe_are_pipelined(store_url, pidf):
@@ -84,7 +84,7 @@ def test_a_store_process_that_dies_answers_unavailable_and_reports_its_failure(s
 
     ok, lost, why, later = with_store(store_url, use)
     assert isinstance(ok[0], Accepted)
-    assert isinstance(lost[0], StoreUnavailable) and lost[0].status == 503
+    assert isinstance(lost[0], StoreUnavailable) and lost[0].retry_after == 5
     assert why  # the reason, in words (EOF or a reset pipe, whichever the kernel gives)
     assert isinstance(later[0], StoreUnavailable)
 
@@ -111,6 +111,6 @@ def test_batches_waiting_together_are_answered_each_with_its_own_results(store_u
 
     first, second, third = with_store(store_url, use)
     assert len(first) == 1 and isinstance(first[0], Accepted)
-    assert [r.status for r in second] == [412, 412]
-    assert isinstance(third[0], Accepted) and third[1].status == 412
+    assert [type(r) for r in second] == [ConditionalRequestFailed] * 2
+    assert isinstance(third[0], Accepted) and isinstance(third[1], ConditionalRequestFailed)
     assert isinstance(third[2], Accepted)

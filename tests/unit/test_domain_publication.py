@@ -135,10 +135,9 @@ def test_commands_need_a_matching_live_publication(case):
         now = NOW + 60
     elif case == "after expiry":
         now = NOW + 61
-    with pytest.raises(ConditionalRequestFailed) as refused:
+    with pytest.raises(ConditionalRequestFailed):
         p.refresh(aor=aor, event_package=package, if_match=if_match,
                   new_etag=tag(p.id, "s1"), expires_at=now + 60, now=now)
-    assert refused.value.status == 412
     with pytest.raises(ConditionalRequestFailed):
         p.modify(aor=aor, event_package=package, if_match=if_match, new_etag=tag(p.id, "s2"),
                  content_type="application/pidf+xml", body=PIDF2, expires_at=now + 60, now=now)

@@ -11,7 +11,7 @@ Commands:
         (N initial publications, each then refreshed twice, as fast as possible)
     {"op": "expire_due", "now": T}                              -> {"expired": n}
     {"op": "quit"}
-Any refusal is answered as {"status": code}.
+Any refusal is answered as {"status": code}, the status SIP would answer it with.
 """
 
 import json
@@ -19,6 +19,7 @@ import sys
 
 from domain import CompositorError
 from infrastructure import Compositor
+from sip_adapter.error_responses import response_for
 
 PIDF = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:x@example.com"/>'
 TYPE = "application/pidf+xml"
@@ -62,7 +63,7 @@ def main(url: str) -> None:
             try:
                 answer = handle(c, cmd)
             except CompositorError as refusal:
-                answer = {"status": refusal.status}
+                answer = {"status": response_for(refusal)[0]}
             print(json.dumps(answer), flush=True)
     finally:
         c.close()
