@@ -16,17 +16,9 @@ from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
 from infrastructure.store_url import redact_url
 
 from .bootstrap import open_compositor
-
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_STORE = 3
-EXIT_DIFFERENT = 4
-
-
-class CommandError(Exception):
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
+from .command_error import (EXIT_DIFFERENT, EXIT_NOT_FOUND, EXIT_STORE, EXIT_USAGE,
+                            CommandError)
+from .serve_cli import add_serve_commands
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -86,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="postgresql: create the database first if it does not exist")
     add_store(p)
 
-    from .serve_cli import add_serve_commands  # the SIP side registers its own commands
-
-    add_serve_commands(commands)
+    add_serve_commands(commands)  # the SIP side registers its own commands
     return parser
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from typing import Any
 
 from infrastructure.gc_tuning import tune_for_throughput
-from .config import ConfigError, ServeSettings, load_settings
+
+from .command_error import EXIT_STORE, CommandError
+from .config import ConfigError, load_settings
 
 
 def add_serve_commands(commands: Any) -> None:
@@ -82,8 +83,6 @@ def add_serve_commands(commands: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, out) -> int:
-    from .cli import CommandError
-
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
     if cli.get("events"):
         cli["events"] = cli["events"]
@@ -104,16 +103,16 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
     try:
         return _run(serve(settings, listens))
     except OSError as error:
-        raise CommandError(f"cannot listen: {error.strerror or error}", 3) from None
+        raise CommandError(f"cannot listen: {error.strerror or error}", EXIT_STORE) from None
     except RuntimeError as error:  # the store process could not open the store
-        raise CommandError(f"cannot open store {settings.store}: {error}", 3) from None
+        raise CommandError(f"cannot open store {settings.store}: {error}",
+                           EXIT_STORE) from None
     except StoreGaveUp as error:  # the store kept failing: let the service manager restart us
-        raise CommandError(f"store failed: {error}", 3) from None
+        raise CommandError(f"store failed: {error}", EXIT_STORE) from None
 
 
 def cmd_publish(args: argparse.Namespace, out) -> int:
     from sip_adapter.client import PublishError, publish_once
-    from .cli import CommandError
 
     body = None
     if args.body_file:
@@ -127,7 +126,7 @@ def cmd_publish(args: argparse.Namespace, out) -> int:
                               etag=args.etag, expires=args.expires, transport=args.transport,
                               server=args.server, timeout=args.timeout)
     except PublishError as error:
-        raise CommandError(str(error), 3) from None
+        raise CommandError(str(error), EXIT_STORE) from None
     if args.json:
         import json
 
