@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -89,7 +90,7 @@ def found_json(found: Found) -> dict[str, Any]:
     try:
         data["body"] = found.body.decode("utf-8")
     except UnicodeDecodeError:
-        data["body_base64"] = __import__("base64").b64encode(found.body).decode()
+        data["body_base64"] = base64.b64encode(found.body).decode()
     return data
 
 

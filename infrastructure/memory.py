@@ -30,6 +30,3 @@ class EscPOPOFactory(POPOFactory):
 
     def application_recorder(self) -> EscPOPOApplicationRecorder:
         return EscPOPOApplicationRecorder()
-
-
-Factory = EscPOPOFactory

@@ -18,6 +18,9 @@ eventsourcing's PostgreSQL module does the storing; this module adapts it to a S
 - libpq's own connect timeout, sslmode, application_name and a statement timeout are
   passed to every connection (eventsourcing's POSTGRES_CONNECT_TIMEOUT is only the pool's
   wait for a connection).
+- What the compositor asks of a store: the factory says the store is `shared` (other nodes
+  write it, so a node's view is caught up before it answers a query), and the recorders
+  can `delete_all` (`Compositor.clear`, a TRUNCATE that keeps the notification ids going).
 
 Settings come from the store URL (see `store_url`); the environment keys are
 eventsourcing's POSTGRES_* ones plus POSTGRES_SSLMODE, POSTGRES_STATEMENT_TIMEOUT,

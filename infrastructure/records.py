@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ class EventRecord:
             try:
                 data["body"] = body.decode("utf-8")
             except UnicodeDecodeError:
-                data["body_base64"] = __import__("base64").b64encode(body).decode()
+                data["body_base64"] = base64.b64encode(body).decode()
         return data
 
 

@@ -55,6 +55,3 @@ class EscSQLiteApplicationRecorder(_DeletesAll, SQLiteApplicationRecorder):
 class EscSQLiteFactory(SQLiteFactory):
     aggregate_recorder_class = EscSQLiteAggregateRecorder
     application_recorder_class = EscSQLiteApplicationRecorder
-
-
-Factory = EscSQLiteFactory
