@@ -8,7 +8,8 @@ from .packages import (BUILT_IN, DEFAULT_PACKAGES, EventPackage, EventPackages,
                        custom_package)
 from .publication import EVENT_TYPES, Audit, Publication, body_hash
 from .requests import Classified, ExpiryPolicy, Operation, PublishRequest, classify
-from .resource import InvalidResource, address_of_record
+from .resource import (InvalidResource, address_of_record, other_address_of_record,
+                       sip_address_of_record)
 
 __all__ = [
     "Audit", "BUILT_IN", "BadEvent", "Classified", "CompositorError",
@@ -16,5 +17,6 @@ __all__ = [
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",
     "TooManyPublications", "UnsupportedMediaType", "address_of_record", "body_hash",
-    "classify", "compose_etag", "custom_package", "publication_id_of",
+    "classify", "compose_etag", "custom_package", "other_address_of_record",
+    "publication_id_of", "sip_address_of_record",
 ]

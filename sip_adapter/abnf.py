@@ -229,7 +229,8 @@ callid = rf"{word}(?:@{word})?"
 #   delta-seconds      =  1*DIGIT
 #   (DIGIT is %x30-39 only: Python's \d and str.isdigit() also take "²", "١٢٣" and "１２３",
 #   which int() then refuses or, worse, reads as 123. Every number in a header goes through
-#   DIGITS_RE and bounded_int below.)
+#   DIGITS_RE or the functions at the end of this module: parse_digits, delta_seconds,
+#   bounded_int.)
 digits = r"[0-9]++"
 
 #   Content-Type     =  ( "Content-Type" / "c" ) HCOLON media-type
@@ -314,14 +315,15 @@ def bounded_int(digits: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
-_DIGITS_FULLMATCH = DIGITS_RE.fullmatch
-
-
 def parse_digits(text: str, maximum: int) -> int | None:
     """`1*DIGIT` (ASCII only) read as an int <= maximum; None when the text is not 1*DIGIT
     or the number is larger (the caller decides whether that is an error or a clamp: see
-    delta_seconds)."""
-    if _DIGITS_FULLMATCH(text) is None:
+    delta_seconds).
+
+    `text.isascii() and text.isdigit()` is DIGITS_RE.fullmatch, faster: on an ASCII string
+    str.isdigit() accepts 0-9 and nothing else; its other digits ("²", "١", "１") are what
+    isascii() rules out."""
+    if not (text.isascii() and text.isdigit()):
         return None
     return bounded_int(text, maximum)
 
@@ -333,7 +335,9 @@ def delta_seconds(text: str) -> int | None:
     """delta-seconds (Expires, Min-Expires): ASCII digits, any length; values above 2**32-1
     read as 2**32-1 (RFC 3261 section 20.19 bounds the value by 2**32-1; a longer one is
     taken at that bound rather than refused). None when the text is not 1*DIGIT."""
-    if _DIGITS_FULLMATCH(text) is None:
+    if not (text.isascii() and text.isdigit()):
         return None
+    if len(text) < 10:
+        return int(text)
     number = bounded_int(text, UINT32_MAX)
     return UINT32_MAX if number is None else number

@@ -670,7 +670,7 @@ class Message:
         1*DIGIT in ASCII (an empty value, a sign, a fraction, "²", "١٢٣", "１２３"):
         ParseError(400). Values above 2**32-1, of any length, read as 2**32-1."""
         def compute() -> int | None:
-            values = self.headers.lines("Expires")
+            values = self.headers._idx().get("expires")
             if not values:
                 return None
             if len(values) > 1:
@@ -713,8 +713,17 @@ class Request(Message):
 
     @property
     def aor(self) -> str:
-        """The Request-URI's address of record (any scheme; see uri.aor)."""
-        return parse_uri(self.uri).aor
+        """The Request-URI's address of record, any scheme (domain.resource decides which
+        spellings name one resource; see uri.aor). ParseError(400) for a malformed URI."""
+        def compute() -> str:
+            try:
+                uri: SipUri | AbsoluteUri = self.parsed_uri  # the parser's, when it read one
+            except ParseError as error:
+                if error.status != 416:
+                    raise
+                uri = parse_uri(self.uri)
+            return uri.aor
+        return self._cached("aor", compute)
 
     def set_top_via(self, value: str) -> None:
         """Replace the first via-parm (e.g. with `request.top_via.with_params(received=...)`),

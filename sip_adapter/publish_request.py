@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain import Audit, InvalidResource, PublishRequest, address_of_record
+from domain import Audit, PublishRequest
 
 from .limits import ParseError
 from .routing import Origin
@@ -21,9 +21,11 @@ class BadPublish(Exception):
 
 def to_publish_request(request, origin: Origin, identity: str | None = None,
                        allowed_events: list[str] | None = None) -> PublishRequest:
+    # The resource: the Request-URI the parser already read, normalised by the domain's one
+    # rule (domain.resource.sip_address_of_record, through SipUri.aor).
     try:
-        aor = address_of_record(request.uri)
-    except InvalidResource as error:
+        aor = request.aor
+    except ParseError as error:
         raise BadPublish(400, "Bad Request-URI") from error
 
     # One look at the parsed header index (lower-cased names, one entry per header line)

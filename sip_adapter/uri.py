@@ -1,5 +1,8 @@
 """SIP and SIPS URIs (RFC 3261 19.1) and other absolute URIs, and the address of record.
 
+The address of record is the domain's decision (domain/resource.py: which spellings name one
+resource); `SipUri.aor` and `AbsoluteUri.aor` hand it the parts this parser found.
+
 `parse_uri` accepts what may appear as a Request-URI or inside a name-addr: a SIP/SIPS URI,
 which must match the RFC 3261 grammar, or any other scheme, which only has to be an RFC 2396
 absoluteURI (RFC 3261 19.1.1 leaves those to their own specifications). Everything here raises
@@ -16,7 +19,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote
+
+from domain.resource import (
+    InvalidResource, canonical_user, other_address_of_record, sip_address_of_record,
+)
 
 from . import abnf
 from .limits import ParseError
@@ -27,27 +34,9 @@ __all__ = [
 
 _EMPTY: Mapping[str, str | None] = MappingProxyType({})
 
-# Characters that may stand unescaped in the user part (unreserved / user-unreserved): the
-# canonical form of a user escapes exactly the others, with upper-case hex.
-_USER_SAFE = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/"
-)
-
-
 def _unescape(text: str) -> str:
     # Escapes may encode any octet; bytes that are not UTF-8 survive as surrogates.
     return unquote(text, encoding="utf-8", errors="surrogateescape") if "%" in text else text
-
-
-def canonical_user(user: str) -> str:
-    """The user part with %XX escapes normalised (RFC 3261 19.1.4: an escape of a character
-    that may stand unescaped is the same as the character). `%75se%72` -> `user`,
-    `null-%00-null` stays (RFC 4475 3.1.1.4: never shorten a user at an escaped NUL)."""
-    if "%" not in user:
-        return user
-    return "".join(
-        chr(b) if b in _USER_SAFE else f"%{b:02X}" for b in unquote_to_bytes(user)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +74,10 @@ class SipUri:
 
     @property
     def aor(self) -> str:
-        """scheme:user@host - user case-sensitive with escapes normalised, host lower-cased,
-        no password, port, parameters or headers."""
-        if self.user is None:
-            return f"{self.scheme}:{self.host}"
-        return f"{self.scheme}:{canonical_user(self.user)}@{self.host}"
+        """scheme:user@host - user case-sensitive with escapes of unreserved characters
+        decoded, host lower-cased without a trailing dot; no password, port, parameters or
+        headers (domain.resource.sip_address_of_record)."""
+        return sip_address_of_record(self.scheme, self.user, self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +96,12 @@ class AbsoluteUri:
 
     @property
     def aor(self) -> str:
-        """scheme:rest lower-cased, without ";" parameters or "?" headers."""
-        rest = self.rest
-        for sep in ";?":
-            cut = rest.find(sep)
-            if cut >= 0:
-                rest = rest[:cut]
-        return f"{self.scheme}:{rest.lower()}"
+        """scheme:rest lower-cased, without ";" parameters or "?" headers
+        (domain.resource.other_address_of_record). ParseError(400) when nothing is left."""
+        try:
+            return other_address_of_record(self.scheme, self.rest)
+        except InvalidResource:
+            raise _bad("URI without an address of record") from None
 
 
 def _bad(what: str = "Malformed URI") -> ParseError:
@@ -228,6 +215,6 @@ def parse_sip_uri(text: str) -> SipUri:
 
 
 def aor(text: str) -> str:
-    """The address of record of a URI: for sip/sips `scheme:user@host` (see SipUri.aor), for
-    other schemes `scheme:rest` lower-cased without parameters. Raises ParseError(400)."""
+    """The address of record of a URI (domain.resource decides; see SipUri.aor and
+    AbsoluteUri.aor), for a URI this module's grammar accepts. Raises ParseError(400)."""
     return parse_uri(text).aor

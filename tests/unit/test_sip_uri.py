@@ -79,7 +79,15 @@ def test_invalid_absolute_uris(text):
     ("sip:%61lice@atlanta.com", "sip:alice@atlanta.com"),
     ("sip:%75se%72@example.com", "sip:user@example.com"),
     ("sip:null-%00-null@example.com", "sip:null-%00-null@example.com"),
-    ("sip:a%2fb%3f@example.com", "sip:a/b?@example.com"),
+    # "/" and "?" are reserved: their escapes are not the characters (RFC 3261 19.1.4)
+    ("sip:a%2fb%3f@example.com", "sip:a%2Fb%3F@example.com"),
+    ("sip:a/b?@example.com", "sip:a/b?@example.com"),
+    # "?" in the user part is the user's; URI headers start after the host
+    ("sip:alice?x=1@example.org?h=v", "sip:alice?x=1@example.org"),
+    ("sip:alice;day=tuesday@Atlanta.com;lr", "sip:alice;day=tuesday@atlanta.com"),
+    # the fully qualified spelling of a host is the same host
+    ("sip:alice@example.com.", "sip:alice@example.com"),
+    ("sip:alice@[2001:DB8:0:0::1]", "sip:alice@[2001:db8::1]"),
     ("sip:a%40b@example.com", "sip:a%40b@example.com"),
     ("sip:a%c3%a9@example.com", "sip:a%C3%A9@example.com"),
     ("sip:[2001:DB8::1]:5060", "sip:[2001:db8::1]"),
