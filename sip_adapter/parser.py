@@ -81,6 +81,16 @@ class _Head:
         self.elements = elements
 
 
+class _SectionTooLarge(ParseError):
+    """413 for a header section with too many or too long fields, holding the section as
+    _scan_head had unfolded and checked it, so that scan_head_for_partial need not do that
+    again (on 64 KB of folded lines, unfolding is the costly part)."""
+
+    def __init__(self, reason: str, start_line: str, rest: str) -> None:
+        super().__init__(413, reason)
+        self.section: tuple[str, str] | None = (start_line, rest)
+
+
 # LWS  =  [*WSP CRLF] 1*WSP: a folded line break and the whitespace around it become one SP.
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]++")
 
@@ -112,10 +122,10 @@ def _scan_head(data: bytes | bytearray, start: int, end: int, limits: Limits) ->
     ):
         raise ParseError(400, "Bare CR or LF in header section")
     if len(lines) > limits.max_headers:
-        raise ParseError(413, "Too many header fields")
+        raise _SectionTooLarge("Too many header fields", start_line, rest)
     max_len = limits.max_header_length
     if len(rest) > max_len and any(len(line) > max_len for line in lines):
-        raise ParseError(413, "Header field too long")
+        raise _SectionTooLarge("Header field too long", start_line, rest)
     fields: list[tuple[str, str]] = []
     index: dict[str, list[str]] = {}
     names = _NAMES_ANY_CASE
@@ -422,16 +432,19 @@ def scan_head_for_partial(data: bytes | bytearray, start: int, end: int, limits:
     searches in C, not a Python step per line (it is bounded by max_message_size)."""
     if error.status != 413:
         return None
-    text = data[start:end].decode("utf-8", "surrogateescape")
-    start_line, _, rest = text.partition("\r\n")
-    if not start_line or not rest or rest[0] == " " or rest[0] == "\t":
-        return None
-    if "\r\n " in rest or "\r\n\t" in rest:
-        rest = _FOLD_RE.sub(" ", rest)
-    breaks = rest.count("\r\n")
-    if rest.count("\r") != breaks or rest.count("\n") != breaks or "\n" in start_line \
-            or "\r" in start_line:
-        return None
+    if isinstance(error, _SectionTooLarge) and error.section is not None:
+        (start_line, rest), error.section = error.section, None  # (unfolded and checked)
+    else:
+        text = data[start:end].decode("utf-8", "surrogateescape")
+        start_line, _, rest = text.partition("\r\n")
+        if not start_line or not rest or rest[0] == " " or rest[0] == "\t":
+            return None
+        if "\r\n " in rest or "\r\n\t" in rest:
+            rest = _FOLD_RE.sub(" ", rest)
+        breaks = rest.count("\r\n")
+        if rest.count("\r") != breaks or rest.count("\n") != breaks or "\n" in start_line \
+                or "\r" in start_line:
+            return None
     rest = "\r\n" + rest
     fields: list[tuple[str, str]] = []
     vias: list[str] = []
