@@ -715,15 +715,10 @@ class Request(Message):
     def aor(self) -> str:
         """The Request-URI's address of record, any scheme (domain.resource decides which
         spellings name one resource; see uri.aor). ParseError(400) for a malformed URI."""
-        def compute() -> str:
-            try:
-                uri: SipUri | AbsoluteUri = self.parsed_uri  # the parser's, when it read one
-            except ParseError as error:
-                if error.status != 416:
-                    raise
-                uri = parse_uri(self.uri)
-            return uri.aor
-        return self._cached("aor", compute)
+        uri = self._cache.get("parsed-uri")  # the parser's, when it read a SIP URI
+        if uri is None or self._cache_version != self.headers._version:
+            uri = parse_uri(self.uri)
+        return uri.aor
 
     def set_top_via(self, value: str) -> None:
         """Replace the first via-parm (e.g. with `request.top_via.with_params(received=...)`),

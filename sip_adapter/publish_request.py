@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain import Audit, PublishRequest
 
+from .abnf import delta_seconds
 from .limits import ParseError
 from .routing import Origin
 
@@ -48,17 +49,18 @@ def to_publish_request(request, origin: Origin, identity: str | None = None,
         if not if_match:
             raise BadPublish(400, "Empty SIP-If-Match")
 
-    # The value is read in one place, Message.expires (delta-seconds in ASCII digits, above
-    # 2**32-1 read as 2**32-1); "²", "١٢٣", a sign or an empty value are a 400 here.
+    # Read by abnf.delta_seconds, as Message.expires reads it (ASCII digits only, above
+    # 2**32-1 read as 2**32-1): "²", "١٢٣", a sign or an empty value are a 400. (Called on
+    # the value already in hand rather than through request.expires: this runs for every
+    # PUBLISH, and the accessor's cache costs more than the parse.)
     expires = None
     expires_values = index.get("expires")
     if expires_values:
         if len(expires_values) > 1:
             raise BadPublish(400, "Several Expires Values")
-        try:
-            expires = request.expires
-        except ParseError:
-            raise BadPublish(400, "Bad Expires") from None
+        expires = delta_seconds(expires_values[0])
+        if expires is None:
+            raise BadPublish(400, "Bad Expires")
 
     body = request.body or None
     content_types = index.get("content-type")

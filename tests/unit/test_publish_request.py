@@ -4,8 +4,10 @@ becomes, and which values are a BadPublish with the status to answer."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sip_adapter.parser import parse_message
+from sip_adapter.parser import ParseError, parse_message
 from sip_adapter.publish_request import BadPublish, to_publish_request
 from sip_adapter.routing import Origin
 
@@ -25,7 +27,7 @@ def convert(*extra: str, **kwargs):
     return to_publish_request(publish(*extra, **kwargs), ORIGIN)
 
 
-# --- Expires: read once, by Message.expires -----------------------------------------------
+# --- Expires: read by abnf.delta_seconds, as Message.expires reads it ------------------------
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -66,3 +68,23 @@ def test_the_service_answers_a_bad_expires_with_400(value):
     received = SipService().receive(publish(f"Expires: {value}"), ORIGIN, 0.0)
     assert received.pending is None and len(received.replies) == 1
     assert received.replies[0].data.startswith(b"SIP/2.0 400 Bad Expires\r\n")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789 -+.x\u00b2\u0661\uff11\U0001d7d8", max_size=14)
+       | st.integers(0, 2**40).map(str))
+def test_the_publish_conversion_and_message_expires_agree(value):
+    try:
+        request = publish(f"Expires: {value}")
+    except ParseError:
+        return
+    try:
+        expected = request.expires
+    except ParseError:
+        expected = None
+    try:
+        got = to_publish_request(request, ORIGIN).expires
+    except BadPublish as refused:
+        assert refused.status == 400
+        got = None
+    assert got == expected
