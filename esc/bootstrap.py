@@ -63,7 +63,9 @@ async def serve(settings, listens) -> int:
     limits = Limits(max_message_size=settings.max_message_size,
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,
-                    max_body_size=settings.max_message_size)
+                    max_body_size=settings.max_message_size,
+                    max_list_elements=settings.max_list_elements,
+                    max_params=settings.max_params)
     gateway = GatewayConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
                             max_queue_bytes=settings.max_queue_bytes,
                             max_wait=settings.max_queue_wait,

@@ -33,6 +33,8 @@ class ServeSettings:
     max_headers: int = 100
     max_header_length: int = 8192
     max_body: list[str] = field(default_factory=list)  # ["presence=16384", ...]
+    max_list_elements: int = 128  # elements of one list header (Via, Route, Require, ...)
+    max_params: int = 64  # parameters of one via-parm, name-addr or URI
     max_per_resource: int = 100
     max_tcp_connections: int = 10000
     tcp_read_timeout: float = 30.0
@@ -59,7 +61,8 @@ LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms"}
 INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size",
                 "max_message_size", "max_headers", "max_header_length", "max_per_resource",
                 "max_tcp_connections", "max_queue", "max_queue_bytes", "max_transactions",
-                "max_transaction_bytes"}
+                "max_transaction_bytes",
+                "max_list_elements", "max_params"}
 FLOAT_SETTINGS = {"tcp_idle_timeout", "tcp_read_timeout", "rate_limit", "rate_burst",
                   "nonce_lifetime", "max_queue_wait", "store_timeout"}
 
@@ -139,7 +142,8 @@ def validate(settings: ServeSettings) -> None:
         raise ConfigError("--max-message-size must lie between 1024 and 65535")
     if settings.max_headers < 10 or settings.max_header_length < 256:
         raise ConfigError("--max-headers must be at least 10 and --max-header-length at least 256")
-    for limit in ("max_per_resource", "max_tcp_connections", "max_queue", "max_transactions"):
+    for limit in ("max_per_resource", "max_tcp_connections", "max_queue", "max_transactions",
+                  "max_list_elements", "max_params"):
         if getattr(settings, limit) < 1:
             raise ConfigError(f"--{limit.replace('_', '-')} must be at least 1")
     if settings.rate_limit < 0 or settings.tcp_read_timeout <= 0:

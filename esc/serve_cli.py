@@ -34,6 +34,10 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--max-message-size", type=int, help="largest SIP message, bytes (65535)")
     p.add_argument("--max-headers", type=int, help="most header lines in a message (100)")
     p.add_argument("--max-header-length", type=int, help="longest header line, bytes (8192)")
+    p.add_argument("--max-list-elements", type=int,
+                   help="most elements of one list header such as Via or Require (128; 413 beyond)")
+    p.add_argument("--max-params", type=int,
+                   help="most parameters of one Via, name-addr or URI (64; 413 beyond)")
     p.add_argument("--max-body", action="append",
                    help="PACKAGE=BYTES: largest body for an event package (repeatable)")
     p.add_argument("--max-per-resource", type=int,

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from domain import CompositorError, InvalidResource, PublishRequest, address_of_record
+from domain import CompositorError, PublishRequest
 from infrastructure.random_pool import RANDOM
 
 from .authorization import Policy
@@ -216,8 +216,8 @@ class SipService:
                                     list(result.headers))
             identity = result.username
             try:
-                resource = address_of_record(request.uri)
-            except InvalidResource:
+                resource = request.aor  # the one address-of-record rule (domain/resource.py)
+            except ParseError:
                 return self._answer(request, origin, key, now, 400, "Bad Request-URI")
             policy = self.config.policy or Policy()
             if not policy.allows(identity, resource, authenticator.realm):
