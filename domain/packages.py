@@ -7,7 +7,7 @@ is configured with a set of them; a PUBLISH for any other package is BadEvent (4
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, NoReturn
 from xml.etree.ElementTree import Element, ParseError as XMLParseError
 from xml.parsers import expat
 
@@ -24,7 +24,7 @@ class _Refused(Exception):
     pass
 
 
-def _refuse(*_args: object) -> None:
+def _refuse(*_args: object) -> NoReturn:
     raise _Refused
 
 
@@ -79,7 +79,10 @@ def _compose_children(root_tag: str) -> Composer:
                 merged.insert(index, child)
         import xml.etree.ElementTree as ET  # serialising is safe; parsing went through defusedxml
 
-        return ET.tostring(merged, encoding="utf-8", xml_declaration=True)
+        # typeshed types tostring() with an encoding other than "unicode" as Any (the codec
+        # could in principle return anything); "utf-8" gives bytes.
+        document: bytes = ET.tostring(merged, encoding="utf-8", xml_declaration=True)
+        return document
 
     return compose
 
@@ -171,7 +174,7 @@ class EventPackages:
                     seen.append(media)
         return seen
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[EventPackage]:
         return iter(self._by_name.values())
 
 

@@ -13,14 +13,24 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, Snapshot as _Snapshot, event
 
 from .errors import ConditionalRequestFailed
 
 LIVE, REMOVED, EXPIRED = "live", "removed", "expired"
+
+
+class AuditFields(TypedDict):
+    """The audit facts as they are recorded on every event (keyword arguments of each)."""
+
+    source: str | None
+    transport: str | None
+    call_id: str | None
+    cseq: str | None
+    identity: str | None
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,7 @@ class Audit:
     cseq: str | None = None  # "17 PUBLISH"
     identity: str | None = None  # authenticated user, when any
 
-    def as_fields(self) -> dict[str, Any]:
+    def as_fields(self) -> AuditFields:
         return {
             "source": self.source,
             "transport": self.transport,
@@ -53,7 +63,9 @@ def body_hash(body: bytes) -> str:
 class Publication(Aggregate):
     TOPIC = "esc:Publication"
 
-    class Snapshot(Aggregate.Snapshot):
+    # `_Snapshot` is `Aggregate.Snapshot`, but eventsourcing binds that name by assignment in
+    # the class body (`Snapshot = Snapshot`), which a type checker cannot use as a base.
+    class Snapshot(_Snapshot):
         TOPIC = "esc:Publication.Snapshot"
 
     class Event(Aggregate.Event):
