@@ -169,7 +169,7 @@ def _options(port: int, timeout: float = 0.3) -> bool:
 
 
 def _refresh(port: int, aor_user: str, tag: str, timeout: float = 0.3) -> int | None:
-    from sip_adapter.client import PublishError, publish_once
+    from sip_adapter.aio.client import PublishError, publish_once
 
     try:
         answer = publish_once(f"sip:{aor_user}@bench.example", "presence", etag=tag,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 from domain import EventPackages
 from infrastructure import Compositor
+from infrastructure.random_pool import RandomPool
 from infrastructure.store_process import StoreProcess
 from infrastructure.store_url import redact_url
 
@@ -26,10 +28,10 @@ class StoreGaveUp(Exception):
 
 async def serve(settings, listens) -> int:
     """Run `esc serve` until SIGTERM or SIGINT; then stop reading, finish, exit 0."""
-    from sip_adapter.limits import Limits
-    from sip_adapter.server import ServerConfig, SipServer
-    from sip_adapter.service import ServiceConfig
-    from sip_adapter.store_gateway import GatewayConfig
+    from sip_adapter.protocol.limits import Limits
+    from sip_adapter.aio.server import ServerConfig, SipServer
+    from sip_adapter.protocol.service import ServiceConfig
+    from sip_adapter.aio.store_gateway import GatewayConfig
 
     from .config import package_body_limits
 
@@ -76,6 +78,7 @@ async def serve(settings, listens) -> int:
         tcp_idle_timeout=settings.tcp_idle_timeout, tcp_read_timeout=settings.tcp_read_timeout,
         max_tcp_connections=settings.max_tcp_connections,
         tls_context=_tls_context(settings)),
+        random_bytes=RandomPool().take, wall_clock=time.time,
         announce=lambda line: print(line, flush=True), on_fatal=lambda why: stop.set())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -96,8 +99,8 @@ async def serve(settings, listens) -> int:
 def _authentication(settings):
     """The Digest authenticator and authorization policy the settings ask for, if any.
     Errors (unreadable files, bad lines) are ConfigError: one line for the operator."""
-    from sip_adapter.authorization import PolicyError, load_policy
-    from sip_adapter.digest import CredentialsError, DigestAuthenticator, load_credentials
+    from sip_adapter.protocol.authorization import PolicyError, load_policy
+    from sip_adapter.protocol.digest import CredentialsError, DigestAuthenticator, load_credentials
 
     from .config import ConfigError
 

@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         cli["events"] = cli["events"]
     try:
         settings = load_settings(cli, args.config)
-        from sip_adapter.server import Listen
+        from sip_adapter.aio.server import Listen
 
         listens = [Listen.parse(spec) for spec in settings.listen]
         from .bootstrap import _authentication, _tls_context
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
 
 
 def cmd_publish(args: argparse.Namespace, out) -> int:
-    from sip_adapter.client import PublishError, publish_once
+    from sip_adapter.aio.client import PublishError, publish_once
 
     body = None
     if args.body_file:

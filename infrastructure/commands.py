@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Sequence
+import secrets
+from typing import Callable, Sequence
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError, PersistenceError, Recording
@@ -36,7 +37,6 @@ from domain import (CompositorError, ConditionalRequestFailed, EventPackages, Ex
 
 from .application import EscApplication
 from .projection import CurrentState
-from .random_pool import RANDOM
 from .records import Accepted
 
 log = logging.getLogger("esc.commands")
@@ -51,10 +51,10 @@ _STORE_ERRORS = (PersistenceError, OSError)
 MAX_ATTEMPTS = 5
 
 
-def new_secret() -> str:
-    """The random part of an entity-tag: 96 bits, URL-safe (a SIP token), as
-    secrets.token_urlsafe(12) gives."""
-    return base64.urlsafe_b64encode(RANDOM.take(12)).rstrip(b"=").decode("ascii")
+def new_secret(random_bytes: Callable[[int], bytes]) -> str:
+    """The random part of an entity-tag: 96 bits from the injected CSPRNG, URL-safe (a SIP
+    token), as secrets.token_urlsafe(12) gives."""
+    return base64.urlsafe_b64encode(random_bytes(12)).rstrip(b"=").decode("ascii")
 
 
 class _FaultyRequest(Exception):
@@ -69,8 +69,10 @@ class _FaultyRequest(Exception):
 class CommandSide:
     def __init__(self, app: EscApplication, projection: CurrentState,
                  packages: EventPackages, policy: ExpiryPolicy,
-                 max_per_resource: int | None = None) -> None:
+                 max_per_resource: int | None = None,
+                 random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
         self.app = app
+        self.random_bytes = random_bytes
         self.projection = projection
         self.view = projection.view
         self.packages = packages
@@ -153,13 +155,13 @@ class CommandSide:
         event_package = decision.package.name
         if decision.operation is Operation.DISCARD:
             # An initial PUBLISH with Expires: 0 creates nothing; its tag names nothing.
-            return Accepted(compose_etag(uuid4(), new_secret()), 0)
+            return Accepted(compose_etag(uuid4(), new_secret(self.random_bytes)), 0)
         if decision.operation is Operation.INITIAL:
             self._check_room(request.aor, event_package, now)
             room_key = (request.aor, event_package)
             self._created_in_batch[room_key] = self._created_in_batch.get(room_key, 0) + 1
             publication_id = uuid4()
-            etag = compose_etag(publication_id, new_secret())
+            etag = compose_etag(publication_id, new_secret(self.random_bytes))
             touched[publication_id] = Publication.publish(
                 id=publication_id, aor=request.aor, event_package=event_package, etag=etag,
                 content_type=decision.content_type or "", body=request.body or b"",
@@ -174,7 +176,7 @@ class CommandSide:
                                if_match=request.if_match, now=now, audit=request.audit)
             touched[publication.id] = publication
             return Accepted(request.if_match, 0)
-        etag = compose_etag(publication.id, new_secret())
+        etag = compose_etag(publication.id, new_secret(self.random_bytes))
         if decision.operation is Operation.REFRESH:
             publication.refresh(aor=request.aor, event_package=event_package,
                                 if_match=request.if_match, new_etag=etag,

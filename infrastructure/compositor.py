@@ -37,6 +37,7 @@ from .commands import CommandSide, Result
 from .feed import FeedConsumer
 from .projection import PAGE, CurrentState
 from .queries import Queries
+from .random_pool import RandomPool
 from .records import Accepted, EventRecord, Found
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
 from .view import CurrentStateView
@@ -47,7 +48,8 @@ class Compositor:
                  packages: EventPackages = DEFAULT_PACKAGES,
                  policy: ExpiryPolicy = ExpiryPolicy(),
                  clock: Callable[[], float] = time.time,
-                 max_per_resource: int | None = None) -> None:
+                 max_per_resource: int | None = None,
+                 random_bytes: Callable[[int], bytes] | None = None) -> None:
         self.config = config
         self.packages = packages
         self.policy = policy
@@ -59,8 +61,9 @@ class Compositor:
             self.app.close()
             raise
         self.projection = CurrentState(self.app, self.view)
+        # Entity-tag secrets: the injected CSPRNG, or a pool of the kernel's own.
         self.commands = CommandSide(self.app, self.projection, packages, policy,
-                                    max_per_resource)
+                                    max_per_resource, random_bytes or RandomPool().take)
         self.queries = Queries(self.app, self.projection, packages)
         self.catch_up()
 
@@ -70,7 +73,8 @@ class Compositor:
              default_expires: int = 60, min_expires: int = 1, max_expires: int = 3600,
              cache_size: int = 20000, create_schema: bool = True,
              clock: Callable[[], float] = time.time, env: dict[str, str] | None = None,
-             max_per_resource: int | None = None) -> "Compositor":
+             max_per_resource: int | None = None,
+             random_bytes: Callable[[int], bytes] | None = None) -> "Compositor":
         """Open the compositor on the store a URL names (see `store_url`)."""
         config = parse_store_url(url)
         if events is None:
@@ -93,7 +97,7 @@ class Compositor:
             **(env or {}),
         }
         return cls(settings, config=config, packages=packages, policy=policy, clock=clock,
-                   max_per_resource=max_per_resource)
+                   max_per_resource=max_per_resource, random_bytes=random_bytes)
 
     def now(self, now: float | None = None) -> float:
         return self.clock() if now is None else float(now)

@@ -28,7 +28,3 @@ class RandomPool:
                 self._pool, offset = secrets.token_bytes(max(self._block, size)), 0
             self._offset = offset + size
             return self._pool[offset:offset + size]
-
-
-# One pool per process, shared by the compositor and the SIP service.
-RANDOM = RandomPool()

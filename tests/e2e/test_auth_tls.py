@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from sip_adapter.digest import credential_line
-from sip_adapter.framer import StreamFramer
+from sip_adapter.protocol.digest import credential_line
+from sip_adapter.protocol.framer import StreamFramer
 
 from .conftest import assert_sipp_ok, run_sipp
 

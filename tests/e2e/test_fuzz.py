@@ -17,12 +17,11 @@ import random
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
-from sip_adapter.client import publish_once
-from sip_adapter.framer import StreamFramer
+from sip_adapter.aio.client import publish_once
+from sip_adapter.protocol.framer import StreamFramer
 
 from .conftest import start_server
 from .test_torture_server import check_response, collect, read_answer, read_stream, wait_eof

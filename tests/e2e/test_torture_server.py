@@ -26,14 +26,14 @@ import json
 import re
 import socket
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from sip_adapter.client import publish_once
-from sip_adapter.message import Via, split_list
-from sip_adapter.parser import ParseError, parse_message
+from sip_adapter.aio.client import publish_once
+from sip_adapter.protocol.values import Via
+from sip_adapter.protocol.headers import split_list
+from sip_adapter.protocol.parser import ParseError, parse_message
 
 from .conftest import start_server
 from tests.conformance_data import RFC4475

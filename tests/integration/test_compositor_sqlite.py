@@ -200,7 +200,7 @@ def counting_saves(c: Compositor) -> list[int]:
 def predictable_secrets(monkeypatch):
     """Entity-tag secrets from a counter, so a batch can name a tag it will be given."""
     numbers = count()
-    monkeypatch.setattr(commands_module, "new_secret", lambda: f"secret{next(numbers):010d}")
+    monkeypatch.setattr(commands_module, "new_secret", lambda _random: f"secret{next(numbers):010d}")
     return lambda n: f"secret{n:010d}"
 
 

@@ -8,7 +8,7 @@ import pytest
 from domain import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
                     InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                     UnsupportedMediaType)
-from sip_adapter.error_responses import RESPONSES, response_for
+from sip_adapter.protocol.error_responses import RESPONSES, response_for
 
 
 @pytest.mark.parametrize("error, expected", [

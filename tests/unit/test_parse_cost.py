@@ -22,11 +22,11 @@ from typing import Callable
 
 import pytest
 
-from sip_adapter import message as message_module
-from sip_adapter import uri as uri_module
-from sip_adapter.limits import DEFAULT_LIMITS
-from sip_adapter.message import LIST_HEADERS
-from sip_adapter.parser import ParseError, parse_message
+from sip_adapter.protocol import values as values_module
+from sip_adapter.protocol import uri as uri_module
+from sip_adapter.protocol.limits import DEFAULT_LIMITS
+from sip_adapter.protocol.headers import LIST_HEADERS
+from sip_adapter.protocol.parser import ParseError, parse_message
 
 BOUND = 0.010  # seconds of CPU per message
 RUNS = 5
@@ -171,7 +171,7 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
 
 
 def _empty_memos() -> None:
-    message_module._parse_name_addr.cache_clear()
+    values_module._parse_name_addr.cache_clear()
     uri_module._parse_uri.cache_clear()
 
 

@@ -13,17 +13,17 @@ messages survive any chunking) and test_rfc4475.py (mutated torture messages):
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.framer import StreamFramer
-from sip_adapter.limits import Limits
-from sip_adapter.message import Request, Response, count_elements, split_list
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.responses import make_response, render_response
-from sip_adapter.serializer import serialize
+from sip_adapter.protocol.framer import StreamFramer
+from sip_adapter.protocol.limits import Limits
+from sip_adapter.protocol.messages import Request, Response
+from sip_adapter.protocol.headers import count_elements, split_list
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.responses import make_response, render_response
+from sip_adapter.protocol.serializer import serialize
 from tests.conformance_data import RFC4475
 
 TORTURE = [p.read_bytes() for p in sorted(RFC4475.glob("*.dat"))]
@@ -181,7 +181,7 @@ def test_split_list_matches_the_per_character_definition(value):
 @given(st.lists(st.text(alphabet='a,"\\<>', max_size=30), min_size=1, max_size=4),
        st.integers(0, 12))
 def test_the_parsers_bounded_element_count_agrees_with_split_list(values, maximum):
-    from sip_adapter.parser import _too_many_elements
+    from sip_adapter.protocol.parser import _too_many_elements
     total = sum(len(split_list(value)) for value in values)
     assert _too_many_elements(values, maximum) == (total > maximum)
 

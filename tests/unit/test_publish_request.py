@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.publish_request import BadPublish, to_publish_request
-from sip_adapter.routing import Origin
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.publish_request import BadPublish, to_publish_request
+from sip_adapter.protocol.routing import Origin
 
 ORIGIN = Origin("udp", ("192.0.2.7", 5060))
 PIDF = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com"/>'
@@ -64,7 +64,7 @@ def test_several_expires_are_400():
 @pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662\u0663", "9" * 5000 + "x"])
 def test_the_service_answers_a_bad_expires_with_400(value):
     # (before: "²" raised ValueError inside the service and the request was never answered)
-    from sip_adapter.service import SipService
+    from sip_adapter.protocol.service import SipService
     received = SipService().receive(publish(f"Expires: {value}"), ORIGIN, 0.0)
     assert received.pending is None and len(received.replies) == 1
     assert received.replies[0].data.startswith(b"SIP/2.0 400 Bad Expires\r\n")

@@ -1,6 +1,6 @@
 import pytest
 
-from sip_adapter.rate_limit import RateLimiter
+from sip_adapter.protocol.rate_limit import RateLimiter
 
 
 def test_burst_then_refill_at_the_rate():
@@ -29,7 +29,7 @@ def test_rate_must_be_positive():
 
 
 def test_beyond_the_limit_only_rate_refusals_per_second_are_answered():
-    from sip_adapter.rate_limit import Verdict
+    from sip_adapter.protocol.rate_limit import Verdict
 
     limiter = RateLimiter(rate=10, burst=5)
     verdicts = [limiter.check("a", 0.0) for _ in range(100)]

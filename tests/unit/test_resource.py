@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from domain import InvalidResource, address_of_record
 from domain.resource import canonical_user, sip_address_of_record
-from sip_adapter.limits import ParseError
-from sip_adapter.uri import parse_uri
+from sip_adapter.protocol.errors import ParseError
+from sip_adapter.protocol.uri import parse_uri
 
 
 @pytest.mark.parametrize("uri, aor", [

@@ -18,19 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.framer import StreamFramer
-from sip_adapter.message import NameAddr, Request, Response
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.responses import make_response
-from sip_adapter.serializer import serialize
-from sip_adapter.transaction import transaction_key
-from sip_adapter.uri import AbsoluteUri, SipUri, parse_sip_uri
+from sip_adapter.protocol.framer import StreamFramer
+from sip_adapter.protocol.values import NameAddr
+from sip_adapter.protocol.messages import Request, Response
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.responses import make_response
+from sip_adapter.protocol.serializer import serialize
+from sip_adapter.protocol.transactions import transaction_key
+from sip_adapter.protocol.uri import AbsoluteUri, SipUri, parse_sip_uri
 from tests.conformance_data import RFC4475
 
 DIR = RFC4475

@@ -1,5 +1,5 @@
-"""SIP Digest authentication (sip_adapter.digest) and publish authorization
-(sip_adapter.authorization). Every test passes `now` and a fixed secret; expected digests are
+"""SIP Digest authentication (sip_adapter.protocol.digest) and publish authorization
+(sip_adapter.protocol.authorization). Every test passes `now` and a fixed secret; expected digests are
 computed here with hashlib, independently of the code under test."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from sip_adapter.authorization import Policy, PolicyError, is_own_aor, load_policy
-from sip_adapter.digest import (
+from sip_adapter.protocol.authorization import Policy, PolicyError, is_own_aor, load_policy
+from sip_adapter.protocol.digest import (
     Authenticated,
     BadRequest,
     Challenge,
@@ -28,7 +28,7 @@ from sip_adapter.digest import (
     parse_credentials,
     parse_credentials_header,
 )
-from sip_adapter.message import Request
+from sip_adapter.protocol.messages import Request
 
 NOW = 1_700_000_000.0
 REALM = "example.com"

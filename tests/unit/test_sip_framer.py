@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.framer import StreamFramer
-from sip_adapter.limits import Limits
-from sip_adapter.message import Request, Response
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.serializer import serialize
+from sip_adapter.protocol.framer import StreamFramer
+from sip_adapter.protocol.limits import Limits
+from sip_adapter.protocol.messages import Request, Response
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.serializer import serialize
 from tests.conformance_data import RFC4475
 
 BODY = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com"/>\r\n'

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.responses import make_response, render_response
-from sip_adapter.serializer import serialize
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.responses import make_response, render_response
+from sip_adapter.protocol.serializer import serialize
 from tests.conformance_data import RFC4475
 
 TORTURE = RFC4475

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.message import Headers, Request, Response
-from sip_adapter.parser import ParseError, parse_message
-from sip_adapter.responses import REASON_PHRASES, make_response, reason_phrase
-from sip_adapter.serializer import serialize
+from sip_adapter.protocol.headers import Headers
+from sip_adapter.protocol.messages import Request, Response
+from sip_adapter.protocol.parser import ParseError, parse_message
+from sip_adapter.protocol.responses import REASON_PHRASES, make_response, reason_phrase
+from sip_adapter.protocol.serializer import serialize
 from tests.conformance_data import RFC4475
 
 TORTURE = RFC4475

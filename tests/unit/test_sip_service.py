@@ -6,20 +6,13 @@ import pytest
 
 from domain import ConditionalRequestFailed, IntervalTooBrief
 from infrastructure.records import Accepted
-from sip_adapter.parser import parse_message
-from sip_adapter.routing import Origin
-from sip_adapter.service import ServiceConfig, SipService
+from sip_adapter.protocol.parser import parse_message
+from sip_adapter.protocol.routing import Origin
+from sip_adapter.protocol.service import ServiceConfig, SipService
 
 
-class Sent:
-    serial = 1  # the connection's serial number, for TCP origins
-
-    def send(self, data, destination=None):
-        pass
-
-
-UDP = Origin("udp", ("198.51.100.7", 40000), Sent())
-TCP = Origin("tcp", ("198.51.100.7", 40001), Sent())
+UDP = Origin("udp", ("198.51.100.7", 40000), None, ("192.0.2.1", 5060))
+TCP = Origin("tcp", ("198.51.100.7", 40001), 1, ("192.0.2.1", 5060))  # connection serial 1
 
 
 def request(method="PUBLISH", uri="sip:alice@example.com", branch="z9hG4bK1", extra=(),
@@ -162,7 +155,7 @@ def test_domains_outside_the_served_ones_are_404():
 
 
 def test_rate_limit_is_asked_before_parsing_and_refusals_are_503_with_retry_after():
-    from sip_adapter.rate_limit import Verdict
+    from sip_adapter.protocol.rate_limit import Verdict
 
     service = SipService(ServiceConfig(rate_limit=1, rate_burst=2))
 
@@ -202,7 +195,7 @@ def test_body_over_the_package_limit_is_413():
 
 
 def test_unaddressable_garbage_is_dropped():
-    from sip_adapter.parser import ParseError
+    from sip_adapter.protocol.parser import ParseError
 
     service = SipService()
     try:
@@ -218,7 +211,7 @@ def test_a_fault_while_handling_a_request_is_answered_500_and_closes_its_transac
         def authenticate(self, request, now):
             raise RuntimeError("a bug")
 
-    service = SipService(ServiceConfig(authenticator=Exploding()))
+    service = SipService(ServiceConfig(authenticator=Exploding()), wall_clock=lambda: 0.0)
     message = publish(branch="z9hG4bKboom")
     answer = service.receive(message, UDP, 0.0)
     assert status(answer) == 500 and answer.pending is None
@@ -236,7 +229,7 @@ def test_cancel_matching_a_transaction_is_200_and_an_unmatched_one_481():
     stray = request("CANCEL", branch="z9hG4bKnothing")
     assert status(service.receive(stray, UDP, 0.1)) == 481
     # From another address the same CANCEL matches nothing (transactions are per source).
-    other = Origin("udp", ("192.0.2.66", 5060), Sent())
+    other = Origin("udp", ("192.0.2.66", 5060))
     assert status(service.receive(request("CANCEL", branch="z9hG4bKorig"), other, 0.2)) == 481
 
 
@@ -245,7 +238,7 @@ def test_a_replayed_request_from_another_address_never_gets_the_stored_answer():
     victim = publish(branch="z9hG4bKvictim")
     pending = service.receive(victim, UDP, 0.0).pending
     assert pending is not None
-    attacker = Origin("udp", ("192.0.2.66", 5060), Sent())
+    attacker = Origin("udp", ("192.0.2.66", 5060))
     # While the victim's request is being decided, and after it was answered, the same
     # bytes from elsewhere are a transaction of their own.
     assert service.receive(publish(branch="z9hG4bKvictim"), attacker, 0.1).pending is not None
@@ -260,7 +253,7 @@ def test_a_replayed_request_from_another_address_never_gets_the_stored_answer():
 
 
 def test_when_the_transaction_table_is_full_new_requests_get_503_and_nothing_is_kept():
-    from sip_adapter.transaction import TransactionTable
+    from sip_adapter.protocol.transactions import TransactionTable
 
     service = SipService(transactions=TransactionTable(max_entries=2))
     for n in range(2):

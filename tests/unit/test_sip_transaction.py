@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from sip_adapter.parser import parse_message
-from sip_adapter.transaction import (
+from sip_adapter.protocol.parser import parse_message
+from sip_adapter.protocol.transactions import (
     ABSORB, ENTRY_OVERHEAD, FULL, NEW, RETRANSMIT, Absorb, Full, New, Retransmit,
     TransactionTable, transaction_key,
 )
@@ -52,17 +52,6 @@ def test_new_then_absorbed_while_processing_then_replayed():
     second = table.on_request(request(), SRC, "UDP", now=2.0)
     assert first == second == Retransmit(b"SIP/2.0 200 OK\r\n...")
     assert len(table) == 1
-
-
-def test_provisional_is_replayed_while_proceeding():
-    table = TransactionTable()
-    key = new_key(table.on_request(request(), SRC, "UDP", 0.0))
-    table.on_provisional(key, b"SIP/2.0 100 Trying\r\n")
-    assert table.on_request(request(), SRC, "UDP", 0.1) == Retransmit(b"SIP/2.0 100 Trying\r\n")
-    table.on_response(key, b"final", 0.2)
-    assert table.on_request(request(), SRC, "UDP", 0.3) == Retransmit(b"final")
-    table.on_provisional(key, b"late provisional")  # ignored once completed
-    assert table.on_request(request(), SRC, "UDP", 0.4) == Retransmit(b"final")
 
 
 def test_only_the_first_final_response_is_kept():
@@ -385,16 +374,12 @@ def test_byte_bound_with_huge_responses():
     new_key(table.on_request(request(branch="z9hG4bKafter"), SRC, "UDP", 1e9))
 
 
-def test_bytes_count_responses_provisionals_and_keys():
+def test_bytes_count_responses_and_keys():
     table = TransactionTable()
     assert table.bytes == 0
     key = new_key(table.on_request(request(branch="z9hG4bK" + "b" * 1000), SRC, "UDP", 0.0))
     empty = table.bytes
     assert empty >= ENTRY_OVERHEAD + 1000  # a client-chosen branch counts
-    table.on_provisional(key, b"p" * 100)
-    assert table.bytes == empty + 100
-    table.on_provisional(key, b"p" * 30)
-    assert table.bytes == empty + 30
     table.on_response(key, b"f" * 500, 0.0)
     assert table.bytes == empty + 500
     table.expire(100.0)
@@ -499,8 +484,6 @@ def test_random_operations_keep_the_books_right():
                 keys.append(decision.key)
         elif op < 0.8 and keys:
             table.on_response(keys.pop(rng.randrange(len(keys))), b"x" * rng.randrange(300), now)
-        elif op < 0.85 and keys:
-            table.on_provisional(rng.choice(keys), b"p" * rng.randrange(50))
         else:
             table.expire(now)
         assert len(table) <= 60
@@ -509,7 +492,7 @@ def test_random_operations_keep_the_books_right():
             match, method = key
             expected += ENTRY_OVERHEAD + len(method) + sum(
                 len(v) for v in (match[0], match[1], match[3]))
-            expected += sum(len(part) for part in entry[1:3] if part is not None)
+            expected += len(entry[1]) if entry[1] is not None else 0
         assert table.bytes == expected
         deadline = table.next_deadline()
         assert (deadline is None) == (len(table) == 0)

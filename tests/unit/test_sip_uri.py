@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sip_adapter.limits import ParseError
-from sip_adapter.uri import AbsoluteUri, SipUri, aor, canonical_user, parse_sip_uri, parse_uri
+from sip_adapter.protocol.errors import ParseError
+from sip_adapter.protocol.uri import AbsoluteUri, SipUri, aor, canonical_user, parse_sip_uri, parse_uri
 
 
 def test_full_sip_uri():

@@ -8,9 +8,9 @@ import asyncio
 
 from domain import PublishRequest, StoreUnavailable
 from infrastructure.records import Accepted
-from sip_adapter.routing import Origin
-from sip_adapter.service import PendingPublish
-from sip_adapter.store_gateway import GatewayConfig, StoreGateway
+from sip_adapter.protocol.routing import Origin
+from sip_adapter.protocol.service import PendingPublish
+from sip_adapter.aio.store_gateway import GatewayConfig, StoreGateway
 
 
 class ManualCommitter:

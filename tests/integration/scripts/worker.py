@@ -19,7 +19,7 @@ import sys
 
 from domain import CompositorError
 from infrastructure import Compositor
-from sip_adapter.error_responses import response_for
+from sip_adapter.protocol.error_responses import response_for
 
 PIDF = b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:x@example.com"/>'
 TYPE = "application/pidf+xml"

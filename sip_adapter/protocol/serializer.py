@@ -9,7 +9,7 @@ so a parsed message is written back byte for byte apart from unfolding and Conte
 
 from __future__ import annotations
 
-from .message import Request, Response
+from .messages import Request, Response
 
 __all__ = ["serialize"]
 

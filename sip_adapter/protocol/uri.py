@@ -26,7 +26,7 @@ from domain.resource import (
 )
 
 from . import abnf
-from .limits import ParseError
+from .errors import ParseError
 
 __all__ = [
     "SipUri", "AbsoluteUri", "parse_uri", "parse_sip_uri", "check_uri", "aor", "canonical_user",

@@ -32,7 +32,7 @@ from typing import Awaitable, Callable, Sequence
 from domain import StoreUnavailable
 from infrastructure.committer import Committer, Result
 
-from .service import PendingPublish
+from ..protocol.service import PendingPublish
 
 log = logging.getLogger("esc.gateway")
 

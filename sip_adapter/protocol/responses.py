@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .limits import ParseError
-from .message import Headers, NameAddr, Request, Response, replace_first_via_parm
+from .errors import ParseError
+from .headers import Headers
+from .values import NameAddr, replace_first_via_parm
+from .messages import Request, Response
 
 __all__ = ["make_response", "REASON_PHRASES", "reason_phrase"]
 
@@ -72,31 +74,29 @@ def make_response(
     if not 100 <= status <= 699:
         raise ValueError(f"status {status} out of range")
     source = request.headers
-    out = Headers()
-    for value in source.lines("Via"):
-        out.add("Via", value)
+    out: list[tuple[str, str]] = [("Via", value) for value in source.lines("Via")]
     from_value = source.get("From")
     if from_value is not None:
-        out.add("From", from_value)
+        out.append(("From", from_value))
     to_value = source.get("To")
     if to_value is not None:
         if status != 100 and _lacks_tag(to_value):
             to_value = f"{to_value};tag={to_tag}"
-        out.add("To", to_value)
+        out.append(("To", to_value))
     for name in ("Call-ID", "CSeq"):
         value = source.get(name)
         if value is not None:
-            out.add(name, value)
+            out.append((name, value))
     if status == 100:
         timestamp = source.get("Timestamp")
         if timestamp is not None:
-            out.add("Timestamp", timestamp)
-    for name, value in headers:
-        out.add(name, value)
+            out.append(("Timestamp", timestamp))
+    out.extend(headers)
     if server:
-        out.add("Server", server)
-    out.add("Content-Length", str(len(body)))
-    return Response(status, reason if reason is not None else reason_phrase(status), out, body)
+        out.append(("Server", server))
+    out.append(("Content-Length", str(len(body))))
+    return Response(status, reason if reason is not None else reason_phrase(status),
+                    Headers(out), body)
 
 
 def _lacks_tag(value: str) -> bool:

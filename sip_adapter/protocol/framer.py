@@ -13,8 +13,9 @@ it is reported and the framer carries on with the next one.
 
 from __future__ import annotations
 
-from .limits import DEFAULT_LIMITS, Limits, ParseError
-from .message import Request, Response
+from .limits import DEFAULT_LIMITS, Limits
+from .errors import ParseError
+from .messages import Request, Response
 from .parser import _build, _content_length, _Head, _scan_head, scan_head_for_partial
 
 __all__ = ["StreamFramer"]

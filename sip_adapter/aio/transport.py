@@ -2,7 +2,9 @@
 
 UDP: one datagram, one message (RFC 3261 section 18.3). TCP and TLS: a byte stream cut
 into messages by the sans-I/O framer; responses go back on the connection the request came
-on. Both hand messages to the server's `dispatch(message, origin)`.
+on. Both hand messages to the server's `dispatch(message, origin, refused)`; what they may
+ask of the server is `ServerHooks`, nothing more. Origins name a connection by its serial
+number, so the protocol core never holds a socket.
 
 Per-source rate limiting comes first, before a byte is parsed: over UDP a datagram over
 the limit is parsed only when it is to be answered 503, otherwise dropped; over a
@@ -21,25 +23,38 @@ import itertools
 import logging
 import ssl
 from asyncio import sslproto
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from .framer import StreamFramer
-from .parser import ParseError, parse_message
-from .rate_limit import Verdict
-from .routing import Origin
-
-if TYPE_CHECKING:
-    from .server import SipServer
+from ..protocol.framer import StreamFramer
+from ..protocol.limits import Limits
+from ..protocol.parser import ParseError, parse_message
+from ..protocol.rate_limit import Verdict
+from ..protocol.routing import Origin
 
 log = logging.getLogger("esc.transport")
 
-# Connection serial numbers: what the transaction table binds a TCP/TLS transaction to (a
-# plain int, so that the table keeps no connection object alive).
+# Connection serial numbers: how the protocol core names a TCP/TLS connection (Origin,
+# transaction keys) without holding the connection object.
 _SERIALS = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class ServerHooks:
+    """What a transport may ask of the server, and nothing more."""
+
+    limits: Limits
+    now: Callable[[], float]
+    accepting: Callable[[], bool]
+    admit: Callable[[str], Verdict]  # the rate limit's verdict for a source address
+    retry_after: Callable[[str], int]
+    dispatch: Callable[[Any, Origin, bool], None]  # (message or ParseError, origin, refused)
+    connection_opened: Callable[["TCPProtocol"], bool]  # False: over the limit, close it
+    connection_closed: Callable[["TCPProtocol"], None]
+
+
 class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: "SipServer") -> None:
+    def __init__(self, server: ServerHooks) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] | None = None
@@ -50,7 +65,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         server = self.server
-        if not server.accepting:
+        if not server.accepting():
             return
         if len(data) > server.limits.max_message_size:
             return  # oversized datagrams are dropped (no reliable way to answer them)
@@ -60,7 +75,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         stripped = data.strip(b"\r\n")
         if not stripped:
             return  # keep-alive
-        origin = Origin("udp", (addr[0], addr[1]), self, self.local)
+        origin = Origin("udp", (addr[0], addr[1]), None, self.local)
         try:
             message: Any = parse_message(data, server.limits)
         except ParseError as error:
@@ -68,7 +83,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         except Exception:  # a parser bug must never take the server down
             log.exception("parser failed on a datagram from %s", addr)
             return
-        server.dispatch(message, origin, refused=verdict is Verdict.REFUSE)
+        server.dispatch(message, origin, verdict is Verdict.REFUSE)
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -79,7 +94,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
 
 class TCPProtocol(asyncio.Protocol):
-    def __init__(self, server: "SipServer", transport_name: str = "tcp",
+    def __init__(self, server: ServerHooks, transport_name: str = "tcp",
                  tls_context: ssl.SSLContext | None = None,
                  handshake_timeout: float = 10.0) -> None:
         self.server = server
@@ -107,7 +122,7 @@ class TCPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        self.origin = Origin(self.name, (peer[0], peer[1]), self, (local[0], local[1]))
+        self.origin = Origin(self.name, (peer[0], peer[1]), self.serial, (local[0], local[1]))
         self.last_activity = self.server.now()
         if not self.server.connection_opened(self):
             self._closed = True
@@ -149,7 +164,7 @@ class TCPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         server = self.server
         self.last_activity = server.now()
-        if not server.accepting:
+        if not server.accepting():
             return
         try:
             items = self.framer.feed(data)
@@ -168,7 +183,7 @@ class TCPProtocol(asyncio.Protocol):
                 self._pause_for(server.retry_after(self.origin.address[0]))
             if verdict is Verdict.DROP:
                 continue
-            server.dispatch(item, self.origin, refused=verdict is Verdict.REFUSE)
+            server.dispatch(item, self.origin, verdict is Verdict.REFUSE)
         if self.framer.broken:
             # The stream can no longer be cut into messages: answer what we could, close.
             self.close()

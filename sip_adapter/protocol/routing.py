@@ -9,17 +9,17 @@ Via is never used, so hostile or torture messages cannot turn the server into a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a request came from: the transport, the peer address and, for connection
-    transports, an opaque handle of the connection to answer on."""
+    """Where a request came from: the transport, the peer address, for connection
+    transports the serial number of the connection to answer on, and the local address it
+    arrived at (which UDP socket answers)."""
 
     transport: str  # "udp", "tcp", "tls"
     address: tuple[str, int]
-    connection: Any = None
+    connection: int | None = None
     local: tuple[str, int] | None = None
 
     @property

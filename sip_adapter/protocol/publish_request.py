@@ -5,7 +5,7 @@ from __future__ import annotations
 from domain import Audit, PublishRequest
 
 from .abnf import delta_seconds
-from .limits import ParseError
+from .errors import ParseError
 from .routing import Origin
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from domain.packages import BUILT_IN
 
-from .framer import StreamFramer
-from .parser import ParseError, parse_message
+from ..protocol.framer import StreamFramer
+from ..protocol.parser import ParseError, parse_message
 
 T1, T2 = 0.5, 4.0
 

@@ -1,19 +1,10 @@
-"""Bounds on what the SIP parser accepts, and the error it raises.
-
-`ParseError` lives here (not in parser.py) because every layer of the message code raises it
-(URI parsing, lazy header accessors, the parser, the stream framer) and this module sits below
-all of them; `sip_adapter.parser` re-exports it and is the place to import it from.
-"""
+"""Bounds on what the SIP parser accepts (exceeding one is a ParseError, errors.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .message import Request
-
-__all__ = ["Limits", "DEFAULT_LIMITS", "ParseError"]
+__all__ = ["Limits", "DEFAULT_LIMITS"]
 
 
 @dataclass(frozen=True)
@@ -50,26 +41,3 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-
-
-class ParseError(Exception):
-    """A message that cannot be accepted, with the status a server should answer.
-
-    status: 400, 413, 414, 416, 501, 505, ...
-    reason: a short, fixed text (never contains bytes of the offending message, so it is safe
-        to use as a reason phrase).
-    partial: for requests, the request as far as it was parsed, when it can be answered (its
-        top Via was readable); None otherwise. Responses are never answered, so theirs is None.
-    """
-
-    def __init__(self, status: int, reason: str, partial: Request | None = None) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.partial = partial
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.reason}"
-
-    def __repr__(self) -> str:
-        return f"ParseError({self.status!r}, {self.reason!r})"

@@ -44,7 +44,7 @@ from os import PathLike
 from typing import Iterable, Mapping
 from urllib.parse import unquote
 
-from .limits import ParseError
+from .errors import ParseError
 from .uri import SipUri, parse_uri
 
 __all__ = ["Policy", "PolicyError", "load_policy", "is_own_aor"]

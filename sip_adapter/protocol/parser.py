@@ -33,11 +33,11 @@ import re
 
 from . import abnf
 from .abnf import UINT32_MAX, bounded_int, parse_digits
-from .limits import DEFAULT_LIMITS, Limits, ParseError
-from .message import (
-    _NAMES, LIST_HEADERS, CSeq, Headers, NameAddr, Request, Response, Via, canonical_name,
-    check_name_addr, split_list, too_many_params,
-)
+from .limits import DEFAULT_LIMITS, Limits
+from .errors import ParseError
+from .headers import _NAMES, LIST_HEADERS, Headers, canonical_name, split_list
+from .values import CSeq, NameAddr, Via, check_name_addr, too_many_params
+from .messages import Request, Response
 from .uri import SipUri, check_uri, parse_uri
 
 __all__ = ["parse_message", "ParseError", "KNOWN_METHODS"]

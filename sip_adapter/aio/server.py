@@ -18,12 +18,12 @@ from typing import Any, Awaitable, Callable
 
 from infrastructure.committer import Committer, Result
 
-from .limits import DEFAULT_LIMITS, Limits
-from .rate_limit import Verdict
-from .routing import Origin
-from .service import Outgoing, PendingPublish, ServiceConfig, SipService
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol.rate_limit import Verdict
+from ..protocol.routing import Origin
+from ..protocol.service import Outgoing, PendingPublish, ServiceConfig, SipService
 from .store_gateway import GatewayConfig, StoreGateway
-from .transport import TCPProtocol, UDPProtocol
+from .transport import ServerHooks, TCPProtocol, UDPProtocol
 
 log = logging.getLogger("esc.server")
 
@@ -70,12 +70,17 @@ class ServerConfig:
 
 
 class SipServer:
+    """`random_bytes` (a CSPRNG) and `wall_clock` (epoch seconds, for Digest nonces) are
+    handed to the protocol core; the loop's monotonic clock is `now` everywhere else."""
+
     def __init__(self, start_committer: Callable[[], Awaitable[Committer]],
-                 config: ServerConfig, announce: Callable[[str], None] = print,
+                 config: ServerConfig, *, random_bytes: Callable[[int], bytes],
+                 wall_clock: Callable[[], float], announce: Callable[[str], None] = print,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.limits = config.limits
-        self.service = SipService(config.service)
+        self.service = SipService(config.service, random_bytes=random_bytes,
+                                  wall_clock=wall_clock)
         self.announce = announce
         self.accepting = False
         self.bound: list[tuple[Listen, int]] = []
@@ -83,9 +88,16 @@ class SipServer:
         self._on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[asyncio.DatagramTransport] = []
+        self._udp_by_local: dict[tuple[str, int], UDPProtocol] = {}
         self._tcp: list[asyncio.AbstractServer] = []
-        self._connections: set[TCPProtocol] = set()
+        self._connections: dict[int, TCPProtocol] = {}  # by serial number
         self._tasks: list[asyncio.Task] = []
+        self._transaction_timer: asyncio.TimerHandle | None = None
+        self.hooks = ServerHooks(
+            limits=config.limits, now=self.now, accepting=lambda: self.accepting,
+            admit=self.admit, retry_after=self.retry_after, dispatch=self.dispatch,
+            connection_opened=self.connection_opened,
+            connection_closed=self.connection_closed)
         self.gateway = StoreGateway(start_committer, config.gateway, answer=self._answer,
                                     on_availability=self._store_availability,
                                     on_give_up=self._give_up, clock=self.now)
@@ -121,8 +133,8 @@ class SipServer:
         assert self._loop is not None
         port = listen.port or self._shared_port(listen)
         if listen.transport == "udp":
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: UDPProtocol(self), local_addr=(listen.host, port),
+            transport, protocol = await self._loop.create_datagram_endpoint(
+                lambda: UDPProtocol(self.hooks), local_addr=(listen.host, port),
                 family=_family(listen.host), reuse_port=False)
             sock = transport.get_extra_info("socket")
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -131,6 +143,8 @@ class SipServer:
                 except OSError:
                     pass
             self._udp.append(transport)
+            assert protocol.local is not None
+            self._udp_by_local[protocol.local] = protocol
             actual = transport.get_extra_info("sockname")[1]
         else:
             tls = listen.transport == "tls"
@@ -140,7 +154,7 @@ class SipServer:
             context = self.config.tls_context if tls else None
             timeout = self.config.tls_handshake_timeout
             server = await self._loop.create_server(
-                lambda name=listen.transport: TCPProtocol(self, name, context, timeout),
+                lambda name=listen.transport: TCPProtocol(self.hooks, name, context, timeout),
                 host=listen.host, port=port, family=_family(listen.host),
                 reuse_address=True, backlog=1024)
             self._tcp.append(server)
@@ -153,10 +167,11 @@ class SipServer:
         for server in self._tcp:
             server.close()
         self._udp, self._tcp, self.bound = [], [], []
+        self._udp_by_local = {}
 
     async def _started(self) -> None:
         self.accepting = True
-        self._tasks = [asyncio.create_task(self._timer_loop(), name="esc-timers")]
+        self._tasks = [asyncio.create_task(self._connection_sweep(), name="esc-connections")]
         for listen, actual in self.bound:
             self.announce(f"listening {listen.describe(actual)}")
 
@@ -177,9 +192,11 @@ class SipServer:
         await self.gateway.drain(drain_timeout)
         for task in self._tasks:
             task.cancel()
+        if self._transaction_timer is not None:
+            self._transaction_timer.cancel()
         for transport in self._udp:
             transport.close()
-        for connection in list(self._connections):
+        for connection in list(self._connections.values()):
             connection.close()
         await self.gateway.close()
 
@@ -206,15 +223,42 @@ class SipServer:
             refusal = self.gateway.offer(pending, pending.size)
             if refusal is not None:
                 self._answer(pending, refusal)
+        if self._transaction_timer is None:
+            self._arm_transaction_timer()
 
     def _answer(self, pending: PendingPublish, result: Result) -> None:
         self.send(self.service.complete(pending, result, self.now()))
 
     def send(self, outgoing: Outgoing) -> None:
+        """Send on the connection the request came on, or from the UDP socket it reached,
+        to the address routing chose (never to one named in the message)."""
+        origin = outgoing.origin
         try:
-            outgoing.origin.connection.send(outgoing.data, outgoing.destination)
+            if origin.reliable:
+                connection = self._connections.get(origin.connection)  # type: ignore[arg-type]
+                if connection is not None:
+                    connection.send(outgoing.data)
+            else:
+                udp = self._udp_by_local.get(origin.local)  # type: ignore[arg-type]
+                if udp is not None:
+                    udp.send(outgoing.data, outgoing.destination)
         except Exception as error:
             log.debug("send to %s failed: %s", outgoing.destination, error)
+
+    # ---- timers -----------------------------------------------------------------------------
+
+    def _arm_transaction_timer(self) -> None:
+        """Wake when the transaction table next has something to expire. Deadlines are a
+        constant after `now`, so a transaction added later never needs an earlier wake-up;
+        with nothing held, the next transaction arms it."""
+        deadline = self.service.transactions.next_deadline()
+        if deadline is not None and self._loop is not None:
+            self._transaction_timer = self._loop.call_at(deadline, self._transaction_timer_fired)
+
+    def _transaction_timer_fired(self) -> None:
+        self._transaction_timer = None
+        self.service.tick(self.now())
+        self._arm_transaction_timer()
 
     # ---- the store's state ------------------------------------------------------------------------
 
@@ -230,12 +274,13 @@ class SipServer:
 
     # ---- timers and connections -----------------------------------------------------------------
 
-    async def _timer_loop(self) -> None:
+    async def _connection_sweep(self) -> None:
+        """Close idle connections and those that leave a message half-sent. A sweep once a
+        second (these timeouts are tens of seconds; a timer per read would cost more)."""
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
             now = self.now()
-            self.service.tick(now)
-            for connection in list(self._connections):
+            for connection in list(self._connections.values()):
                 if connection.handshaking:
                     continue  # the handshake has its own timeout
                 idle = now - connection.last_activity
@@ -247,11 +292,11 @@ class SipServer:
     def connection_opened(self, connection: TCPProtocol) -> bool:
         if len(self._connections) >= self.config.max_tcp_connections:
             return False
-        self._connections.add(connection)
+        self._connections[connection.serial] = connection
         return True
 
     def connection_closed(self, connection: TCPProtocol) -> None:
-        self._connections.discard(connection)
+        self._connections.pop(connection.serial, None)
 
     @property
     def connections(self) -> int:

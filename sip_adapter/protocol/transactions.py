@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from math import ceil
 from typing import Hashable, Union
 
-from .message import Request
+from .messages import Request
 
 __all__ = [
     "TransactionTable", "TransactionKey", "Decision", "New", "Retransmit", "Absorb", "Full",
@@ -223,14 +223,13 @@ def _variable_bytes(match: tuple) -> int:
     return total
 
 
-# A transaction's state is a plain tuple (deadline, final response, last provisional,
-# reliable), replaced rather than changed on each step. Plain tuples of plain values on
+# A transaction's state is a plain tuple (deadline, final response, reliable), replaced rather than changed on each step. Plain tuples of plain values on
 # purpose: the garbage collector stops tracking them after one look, so the 64*T1 seconds of
 # transactions a busy server holds cost it nothing (an object per transaction made every
 # older-generation collection scan them all, pausing the server for tens of ms). The same
 # goes for the keys, provided the caller's connection ids are plain values.
-_Entry = tuple  # (float, bytes | None, bytes | None, bool)
-_DEADLINE, _RESPONSE, _PROVISIONAL, _RELIABLE = 0, 1, 2, 3
+_Entry = tuple  # (float, bytes | None, bool)
+_DEADLINE, _RESPONSE, _RELIABLE = 0, 1, 2
 
 
 class TransactionTable:
@@ -315,13 +314,11 @@ class TransactionTable:
         if entry is not None:
             if entry[_RESPONSE] is not None:
                 return Retransmit(entry[_RESPONSE])
-            if entry[_PROVISIONAL] is not None:
-                return Retransmit(entry[_PROVISIONAL])
             return ABSORB
         if not self._has_room(size, now):
             return Full(self._retry_after(now))
         deadline = now + self.proceeding_timeout
-        entries[key] = (deadline, None, None, reliable)
+        entries[key] = (deadline, None, reliable)
         self.bytes += size
         self._proceeding_keys.append(key)
         self._proceeding_deadlines.append(deadline)
@@ -330,15 +327,6 @@ class TransactionTable:
         elif method == "CANCEL":
             return New(key, self._has_target(match))
         return New(key)
-
-    def on_provisional(self, key: tuple, response: bytes) -> None:
-        """Remember the last provisional response sent (17.2.2: a retransmission in
-        Proceeding gets it again)."""
-        entry = self._entries.get(key)
-        if entry is not None and entry[_RESPONSE] is None:
-            old = entry[_PROVISIONAL]
-            self.bytes += len(response) - (len(old) if old is not None else 0)
-            self._entries[key] = (entry[_DEADLINE], None, response, entry[_RELIABLE])
 
     def on_response(self, key: tuple, response: bytes, now: float) -> None:
         """Store the final response and start Timer J (64*T1; on a connection transport 0
@@ -362,16 +350,13 @@ class TransactionTable:
             if reliable and not self.linger_reliable:
                 self._drop(key, entry)
                 return
-            provisional = entry[_PROVISIONAL]
-            if provisional is not None:
-                self.bytes -= len(provisional)
             # Its item in the Proceeding queue is skipped when it reaches the front; answered
             # before any other request came, it goes now.
             keys = self._proceeding_keys
             if keys and keys[-1] is key:
                 keys.pop()
                 self._proceeding_deadlines.pop()
-        entries[key] = (now + self.timer_j, response, None, reliable)
+        entries[key] = (now + self.timer_j, response, reliable)
         self.bytes += len(response)
         self._completed_keys.append(key)
 
@@ -461,16 +446,12 @@ class TransactionTable:
 
 
 def _size(key: tuple, entry: _Entry | None) -> int:
-    """What an entry is accounted for (the same sum on_request and on_provisional and
-    on_response made)."""
+    """What an entry is accounted for (the same sum on_request and on_response made)."""
     match, method = key
     if len(match) == _LEN_3261:
         size = ENTRY_OVERHEAD + len(match[0]) + len(match[1]) + len(match[3]) + len(method)
     else:
         size = ENTRY_OVERHEAD + _variable_bytes(match) + len(method)
-    if entry is not None:
-        if entry[_RESPONSE] is not None:
-            size += len(entry[_RESPONSE])
-        if entry[_PROVISIONAL] is not None:
-            size += len(entry[_PROVISIONAL])
+    if entry is not None and entry[_RESPONSE] is not None:
+        size += len(entry[_RESPONSE])
     return size

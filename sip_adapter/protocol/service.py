@@ -11,22 +11,22 @@ Time is always passed in (`now`); nothing here reads a clock or touches a socket
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from domain import CompositorError, PublishRequest
-from infrastructure.random_pool import RANDOM
 
 from .authorization import Policy
 from .digest import Authenticated
 from .error_responses import response_for
-from .message import Request
+from .messages import Request
 from .parser import ParseError
 from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
-from .transaction import Full, New, Retransmit, TransactionTable
+from .transactions import Full, New, Retransmit, TransactionTable
 
 log = logging.getLogger("esc.service")
 
@@ -81,19 +81,23 @@ class Received:
     pending: PendingPublish | None = None
 
 
-def _new_tag() -> str:
-    """A To-tag: 48 random bits as 12 hex digits (what secrets.token_hex(6) gives)."""
-    return RANDOM.take(6).hex()
-
-
 class SipService:
+    """The protocol core of the server. `random_bytes` is the CSPRNG To-tags come from;
+    `wall_clock` gives epoch seconds, which Digest nonces are stamped with (every other
+    time, `now`, is the caller's monotonic clock). Both are handed in by the composition
+    root; nothing here reads a clock or a random source of its own."""
+
     def __init__(self, config: ServiceConfig = ServiceConfig(),
-                 transactions: TransactionTable | None = None,
-                 tag_factory: Callable[[], str] = _new_tag) -> None:
+                 transactions: TransactionTable | None = None, *,
+                 random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+                 wall_clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.transactions = transactions if transactions is not None else TransactionTable(
             max_entries=config.max_transactions, max_bytes=config.max_transaction_bytes)
-        self.new_tag = tag_factory
+        self.random_bytes = random_bytes
+        if config.authenticator is not None and wall_clock is None:
+            raise ValueError("Digest authentication needs a wall clock (epoch seconds)")
+        self.wall_clock = wall_clock
         self.domains = {d.lower().rstrip(".") for d in config.domains}
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst) \
             if config.rate_limit else None
@@ -138,7 +142,7 @@ class SipService:
             return self._answer(request, origin, None, now, 503, "Rate Limit Exceeded",
                                 [("Retry-After", str(retry))])
         # Transactions are bound to their source: a UDP address, or one connection.
-        connection = origin.connection.serial if origin.reliable else None
+        connection = origin.connection if origin.reliable else None
         decision = self.transactions.on_request(request, origin.address, origin.transport, now,
                                                 connection)
         if isinstance(decision, Full):
@@ -210,7 +214,8 @@ class SipService:
         identity = None
         authenticator = self.config.authenticator
         if authenticator is not None:
-            result = authenticator.authenticate(request, now)
+            assert self.wall_clock is not None
+            result = authenticator.authenticate(request, self.wall_clock())
             if not isinstance(result, Authenticated):
                 return self._answer(request, origin, key, now, result.status, result.phrase,
                                     list(result.headers))
@@ -307,6 +312,10 @@ class SipService:
             return None
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def new_tag(self) -> str:
+        """A To-tag: 48 random bits as 12 hex digits (what secrets.token_hex(6) gives)."""
+        return self.random_bytes(6).hex()
 
     def _capabilities(self) -> list[tuple[str, str]]:
         headers = [("Allow", ALLOW_HEADER),

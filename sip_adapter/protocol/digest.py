@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Callable, ClassVar, Iterable, Mapping, Union
 
-from .limits import ParseError
+from .errors import ParseError
 from .uri import AbsoluteUri, SipUri, canonical_user, parse_uri
 
 __all__ = [
