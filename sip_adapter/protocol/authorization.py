@@ -123,7 +123,9 @@ class Policy:
                 return False
             return any(uri.host == host and fnmatchcase(user, pattern)
                        for host, pattern in patterns)
-        return bool(exact) and uri.aor in exact
+        if not exact:
+            return False
+        return uri.aor in exact
 
     def grants(self, username: str) -> tuple[str, ...]:
         """The exact AOR keys and patterns listed for a user (for diagnostics)."""

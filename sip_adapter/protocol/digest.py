@@ -82,6 +82,7 @@ from os import PathLike
 from typing import Callable, ClassVar, Iterable, Mapping, Union
 
 from .errors import ParseError
+from .messages import Request
 from .uri import AbsoluteUri, SipUri, canonical_user, parse_uri
 
 __all__ = [
@@ -546,9 +547,10 @@ class DigestAuthenticator:
                         hmac.compare_digest(tag, self._nonce_tag(payload, other)):
                     return "nonce issued for another algorithm"
             return "nonce not issued by us"
-        return struct.unpack(">Q", payload[:8])[0]
+        issued_ms: int = struct.unpack(">Q", payload[:8])[0]
+        return issued_ms
 
-    def _select(self, request) -> tuple[dict[str, str], str] | BadRequest | None:
+    def _select(self, request: Request) -> tuple[dict[str, str], str] | BadRequest | None:
         """The Digest credentials for our realm to verify, with their algorithm; None when
         there are none we could use."""
         ours: list[tuple[dict[str, str], str]] = []
@@ -573,9 +575,9 @@ class DigestAuthenticator:
         ours.sort(key=lambda pair: self.algorithms.index(pair[1]))
         return ours[0]
 
-    def authenticate(self, request, now: float) -> AuthResult:
-        """Verify the request's Authorization (RFC 3261 22.4). `request` needs `method`, `uri`
-        and `headers` (sip_adapter.message.Request)."""
+    def authenticate(self, request: Request, now: float) -> AuthResult:
+        """Verify the request's Authorization (RFC 3261 22.4). Of `request`, its `method`,
+        `uri` and `headers` are read."""
         selected = self._select(request)
         if selected is None:
             return self._challenge(now, "no credentials for this realm")
@@ -616,7 +618,7 @@ class DigestAuthenticator:
         stored = self.credentials.lookup(username, self.realm, algorithm)
         # An unknown user costs the same work as a known one (no timing oracle).
         known = stored is not None
-        ha1_hex = stored if known else "0" * _HEX_LEN[algorithm]
+        ha1_hex = stored if stored is not None else "0" * _HEX_LEN[algorithm]
         expected = digest_response(algorithm, ha1_hex, nonce, nc, cnonce, qop,
                                    request.method, uri)
         if not hmac.compare_digest(expected.encode("ascii"), response.lower().encode("ascii")):

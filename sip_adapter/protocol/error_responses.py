@@ -16,11 +16,13 @@ from domain import (BadEvent, CompositorError, ConditionalRequestFailed, Interva
 Headers = list[tuple[str, str]]
 
 
-def _no_headers(error: Any) -> Headers:
+def _no_headers(error: CompositorError) -> Headers:
     return []
 
 
-#: error class -> (status, reason phrase, the headers its data gives)
+#: error class -> (status, reason phrase, the headers its data gives). Each function takes an
+#: instance of its own row's class (reading that class's facts), which a dict type cannot
+#: say: hence Callable[[Any], ...].
 RESPONSES: dict[type[CompositorError], tuple[int, str, Callable[[Any], Headers]]] = {
     ConditionalRequestFailed: (412, "Conditional Request Failed", _no_headers),
     IntervalTooBrief: (423, "Interval Too Brief",

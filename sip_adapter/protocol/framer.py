@@ -42,7 +42,7 @@ class StreamFramer:
         self._crlf_run = 0  # CRLFs seen since the last message or ping
         self._buf = bytearray()
         self._scan_from = 0  # where to resume searching for the end of the header section
-        self._head = None  # scanned head of the message whose body is awaited
+        self._head: _Head | None = None  # scanned head of the message whose body is awaited
         self._body_length = 0
 
     @property
@@ -72,7 +72,8 @@ class StreamFramer:
         pos = 0
         limits = self.limits
         while True:
-            if self._head is None:
+            head = self._head
+            if head is None:
                 # Between messages: skip CRLFs (7.5), counting double-CRLF pings.
                 while buf.startswith(b"\r\n", pos):
                     pos += 2
@@ -92,7 +93,6 @@ class StreamFramer:
                         return out
                     break
                 self._scan_from = 0
-                head = None
                 try:
                     head = _scan_head(buf, pos, end, limits)
                     length = _content_length(head, limits)
@@ -114,7 +114,7 @@ class StreamFramer:
                 break
             body = bytes(buf[pos:pos + length])
             pos += length
-            head, self._head = self._head, None
+            self._head = None
             try:
                 out.append(_build(head, body, limits))
             except ParseError as exc:

@@ -12,20 +12,22 @@ message; the parser fills the cache with what it had to validate anyway.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from . import abnf
 from .abnf import UINT32_MAX, bounded_int, delta_seconds, parse_digits
 from .errors import ParseError
 from .headers import Headers
-from .uri import SipUri, parse_sip_uri, parse_uri
+from .uri import AbsoluteUri, SipUri, parse_sip_uri, parse_uri
 from .values import CSeq, NameAddr, Via
 
 __all__ = ["Message", "Request", "Response"]
 
 # --- Messages ---------------------------------------------------------------------------------
 
-_MISSING = object()
+# (Typed Any so that a lookup with it as the default is typed by the cached value.)
+_MISSING: Any = object()
+_T = TypeVar("_T")
 
 
 class Message:
@@ -46,11 +48,13 @@ class Message:
         self.headers = headers
         self.body = bytes(body)
         self.version = version
-        # Derived values, computed once: a message does not change after it is built.
+        # Derived values, computed once: a message does not change after it is built. Each
+        # key holds its own type ("vias": list[Via], "cseq": CSeq | None, ...), which the
+        # accessors and the parser write and read; a dict type cannot say that, hence Any.
         self._cache: dict[str, Any] = {}
 
-    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        value = self._cache.get(key, _MISSING)
+    def _cached(self, key: str, compute: Callable[[], _T]) -> _T:
+        value: _T = self._cache.get(key, _MISSING)
         if value is _MISSING:
             value = compute()
             self._cache[key] = value
@@ -183,7 +187,8 @@ class Request(Message):
     def aor(self) -> str:
         """The Request-URI's address of record, any scheme (domain.resource decides which
         spellings name one resource; see uri.aor). ParseError(400) for a malformed URI."""
-        uri = self._cache.get("parsed-uri")  # the parser's, when it read a SIP URI
+        # The parser's, when it read a SIP URI.
+        uri: SipUri | AbsoluteUri | None = self._cache.get("parsed-uri")
         if uri is None:
             uri = parse_uri(self.uri)
         return uri.aor
@@ -199,6 +204,7 @@ class Request(Message):
             and self.body == other.body
         )
 
+    # Unhashable, as it defines __eq__; typeshed types object.__hash__ as a method only.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
@@ -228,6 +234,7 @@ class Response(Message):
             and self.body == other.body
         )
 
+    # Unhashable, as it defines __eq__; typeshed types object.__hash__ as a method only.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

@@ -224,7 +224,7 @@ def _build(head: _Head, body: bytes, limits: Limits,
     except ParseError as exc:
         raise fail(exc.status, exc.reason) from None
 
-    cseq = request._cache["cseq"]
+    cseq: CSeq = request._cache["cseq"]
     if cseq.method != method:
         if method not in KNOWN_METHODS:
             raise fail(501, "Not Implemented")
@@ -360,15 +360,15 @@ def _check_common(message: Request | Response, head: _Head, limits: Limits) -> N
         raise ParseError(400, "CSeq number out of range")
     cache["cseq"] = CSeq(number, cseq.group(2))
 
-    values = index.get("max-forwards")
-    if values is not None:
-        hops = parse_digits(values[0], 255)
+    max_forwards = index.get("max-forwards")
+    if max_forwards is not None:
+        hops = parse_digits(max_forwards[0], 255)
         if hops is None:
             raise ParseError(400, "Malformed Max-Forwards header field")
         cache["max-forwards"] = hops
-    values = index.get("content-type")
-    if values is not None:
-        media = _MEDIA_TYPE_FULLMATCH(values[0])
+    content_types = index.get("content-type")
+    if content_types is not None:
+        media = _MEDIA_TYPE_FULLMATCH(content_types[0])
         if media is None:
             raise ParseError(400, "Malformed Content-Type header field")
         cache["content-type"] = f"{media.group('type')}/{media.group('subtype')}".lower()
@@ -457,9 +457,9 @@ def scan_head_for_partial(data: bytes | bytearray, start: int, end: int, limits:
         index["via"] = vias
         fields.extend(("Via", value) for value in vias)
     for canonical, key, pattern in _PARTIAL_SINGLETONS:
-        match = pattern.search(rest)
-        if match is not None:
-            value = match.group(1).rstrip(" \t")
+        found = pattern.search(rest)
+        if found is not None:
+            value = found.group(1).rstrip(" \t")
             index[key] = [value]
             fields.append((canonical, value))
     return _Head(start_line, Headers._trusted(fields, index), index)
@@ -503,10 +503,10 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     try:
         head = _scan_head(data, start, end, limits)
     except ParseError as exc:
-        head = scan_head_for_partial(data, start, end, limits, exc)
-        if head is None:
+        partial_head = scan_head_for_partial(data, start, end, limits, exc)
+        if partial_head is None:
             raise
-        _build(head, b"", limits, exc)  # raises exc again, with `partial` when it can
+        _build(partial_head, b"", limits, exc)  # raises exc again, with `partial` when it can
         raise
     body_start = end + 4
     available = size - body_start

@@ -6,6 +6,7 @@ from domain import Audit, PublishRequest
 
 from .abnf import delta_seconds
 from .errors import ParseError
+from .messages import Request
 from .routing import Origin
 
 
@@ -20,7 +21,7 @@ class BadPublish(Exception):
         self.headers = headers or []
 
 
-def to_publish_request(request, origin: Origin, identity: str | None = None,
+def to_publish_request(request: Request, origin: Origin, identity: str | None = None,
                        allowed_events: list[str] | None = None) -> PublishRequest:
     # The resource: the Request-URI the parser already read, normalised by the domain's one
     # rule (domain.resource.sip_address_of_record, through SipUri.aor).

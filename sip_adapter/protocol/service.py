@@ -13,20 +13,20 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Protocol, TypeAlias
 
 from domain import CompositorError, PublishRequest
 
 from .authorization import Policy
-from .digest import Authenticated
+from .digest import Authenticated, DigestAuthenticator
 from .error_responses import response_for
-from .messages import Request
+from .messages import Request, Response
 from .parser import ParseError
 from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
-from .transactions import Full, New, Retransmit, TransactionTable
+from .transactions import Full, New, Retransmit, TransactionKey, TransactionTable
 
 log = logging.getLogger("esc.service")
 
@@ -48,10 +48,25 @@ class ServiceConfig:
     rate_limit: float | None = None  # requests per second per source address
     rate_burst: float | None = None
     max_body_per_package: tuple[tuple[str, int], ...] = ()  # (package, bytes)
-    authenticator: Any = None  # a digest.DigestAuthenticator: Digest on for PUBLISH
-    policy: Any = None  # an authorization.Policy (default rule: own AOR only)
+    authenticator: DigestAuthenticator | None = None  # Digest on for PUBLISH
+    policy: Policy | None = None  # who may publish for what (default rule: own AOR only)
     max_transactions: int = 250_000  # transaction table bounds (503 past them)
     max_transaction_bytes: int = 256 * 1024 * 1024
+
+
+class Accepted(Protocol):
+    """The compositor's answer to a PUBLISH it accepted (infrastructure.records.Accepted),
+    as the core reads it: typed by its shape, since the core depends on domain/ only."""
+
+    @property
+    def etag(self) -> str: ...
+
+    @property
+    def expires(self) -> int: ...
+
+
+#: What the compositor answers each PUBLISH with.
+PublishResult: TypeAlias = Accepted | CompositorError
 
 
 @dataclass
@@ -67,10 +82,10 @@ class Outgoing:
 class PendingPublish:
     """A PUBLISH waiting for the compositor."""
 
-    request: Any
+    request: Request
     publish: PublishRequest
     origin: Origin
-    key: Any
+    key: TransactionKey
     received_at: float = 0.0
     size: int = 0  # bytes of SIP message it holds while it waits (admission control)
 
@@ -123,7 +138,7 @@ class SipService:
     def retry_after(self, source: str, now: float) -> int:
         return self.limiter.retry_after(source, now) if self.limiter is not None else 1
 
-    def receive(self, message: Any, origin: Origin, now: float,
+    def receive(self, message: Request | Response | ParseError, origin: Origin, now: float,
                 refused: bool = False) -> Received:
         """`refused`: the rate limiter's verdict was REFUSE: answer 503 with Retry-After,
         keep nothing."""
@@ -170,7 +185,7 @@ class SipService:
                       origin.describe(), type(error).__name__, error)
             return self._answer(request, origin, key, now, 500, "Server Internal Error")
 
-    def _handle(self, request: Request, origin: Origin, key: Any, now: float,
+    def _handle(self, request: Request, origin: Origin, key: TransactionKey, now: float,
                 cancels_a_transaction: bool) -> Received:
         method = request.method
         if method != "CANCEL":
@@ -206,7 +221,8 @@ class SipService:
         return self._answer(request, origin, key, now, 501, "Not Implemented",
                             [("Allow", ALLOW_HEADER)])
 
-    def _publish(self, request: Any, origin: Origin, key: Any, now: float) -> Received:
+    def _publish(self, request: Request, origin: Origin, key: TransactionKey,
+                 now: float) -> Received:
         if self.domains:
             host = _uri_host(request)
             if host is None or host not in self.domains:
@@ -242,7 +258,7 @@ class SipService:
 
     # ---- out ------------------------------------------------------------------------------
 
-    def complete(self, pending: PendingPublish, result: Any, now: float) -> Outgoing:
+    def complete(self, pending: PendingPublish, result: PublishResult, now: float) -> Outgoing:
         """The compositor's answer (Accepted or CompositorError) as the final response."""
         try:
             if isinstance(result, CompositorError):
@@ -258,8 +274,9 @@ class SipService:
             return self._answer(pending.request, pending.origin, pending.key, now, 500,
                                 "Server Internal Error").replies[0]
 
-    def _answer(self, request: Any, origin: Origin, key: Any, now: float, status: int,
-                reason: str, headers: list[tuple[str, str]] | None = None) -> Received:
+    def _answer(self, request: Request, origin: Origin, key: TransactionKey | None, now: float,
+                status: int, reason: str,
+                headers: list[tuple[str, str]] | None = None) -> Received:
         data = render_response(request, status, reason, headers or (),
                                to_tag=self.new_tag(), server=self.config.server,
                                top_via=self._stamped_top_via(request, origin))
@@ -283,7 +300,7 @@ class SipService:
             self.stats["dropped"] += 1
             return Received()
 
-    def _route(self, data: bytes, request: Any, origin: Origin) -> Outgoing:
+    def _route(self, data: bytes, request: Request, origin: Origin) -> Outgoing:
         via_port, wants_rport = None, False
         try:
             vias = request.vias
@@ -296,7 +313,7 @@ class SipService:
                                        response_port(origin, via_port, wants_rport)))
 
     @staticmethod
-    def _stamped_top_via(request: Any, origin: Origin) -> str | None:
+    def _stamped_top_via(request: Request, origin: Origin) -> str | None:
         """RFC 3261 18.2.1 / RFC 3581: the request's top via-parm as the response copies it,
         recording where the request really came from (`received`, and `rport` when asked
         for). The request itself is left unchanged. None when there is no readable Via."""
@@ -324,7 +341,7 @@ class SipService:
                    ("Supported", ", ".join(self.config.supported))]
         return headers
 
-    def _unsupported(self, request: Any) -> list[str]:
+    def _unsupported(self, request: Request) -> list[str]:
         if "Require" not in request.headers:
             return []
         required = [tag.strip() for tag in request.headers.get_all("Require") if tag.strip()]
@@ -335,7 +352,7 @@ class SipService:
         self.transactions.expire(now)
 
 
-def _uri_host(request: Any) -> str | None:
+def _uri_host(request: Request) -> str | None:
     try:
         return request.parsed_uri.host.lower().rstrip(".")
     except Exception:

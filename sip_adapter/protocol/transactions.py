@@ -76,13 +76,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from math import ceil
-from typing import Hashable, Union
+from typing import Any, Final, TypeAlias, TypeGuard, Union
 
 from .messages import Request
+from .values import Via
 
 __all__ = [
-    "TransactionTable", "TransactionKey", "Decision", "New", "Retransmit", "Absorb", "Full",
-    "ABSORB", "NEW", "RETRANSMIT", "FULL", "transaction_key", "MAGIC_COOKIE",
+    "TransactionTable", "TransactionKey", "Match", "ConnectionId", "MatchingValues", "Decision",
+    "New", "Retransmit", "Absorb", "Full", "ABSORB", "NEW", "RETRANSMIT", "FULL",
+    "transaction_key", "MAGIC_COOKIE",
     "RELIABLE_TRANSPORTS", "ENTRY_OVERHEAD",
 ]
 
@@ -91,7 +93,27 @@ RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS"})
 _RELIABLE_NAMES = {name: name.upper() in RELIABLE_TRANSPORTS
                    for name in ("udp", "UDP", "tcp", "TCP", "tls", "TLS")}
 
-TransactionKey = tuple  # hashable and opaque to callers; built by the table
+#: What names a connection for the life of the server (Origin.connection is its serial
+#: number): a plain value, so the keys that hold it stay untracked by the garbage collector.
+ConnectionId: TypeAlias = int | str
+
+# A table key is (match, method). `match` holds what identifies the transaction besides its
+# method - the 17.2.3 values and the source - so that a CANCEL finds its target by `match`
+# alone. The connection is None on UDP.
+#   RFC 3261: (branch, sent-by host lower-cased, sent-by port, source ip, source port,
+#              connection)
+#   RFC 2543: (Request-URI, To tag, From tag, Call-ID, CSeq number, top Via,
+#              source ip, source port, connection)
+Match3261: TypeAlias = tuple[str, str, int | None, str, int, ConnectionId | None]
+Match2543: TypeAlias = tuple[str, str | None, str | None, str | None, int | None, str,
+                             str, int, ConnectionId | None]
+Match: TypeAlias = Match3261 | Match2543
+#: Hashable and opaque to callers; built by the table.
+TransactionKey: TypeAlias = tuple[Match, str]
+#: transaction_key()'s answer: the 17.2.3 values without the source.
+MatchingValues: TypeAlias = (tuple[str, str, str, int | None, str]
+                              | tuple[str, str, str | None, str | None, str | None, int | None,
+                                      str, str])
 
 #: Bytes accounted per held transaction on top of its response and the characters of its
 #: key's variable-length strings: the key tuples, the entry tuple and its deadlines, the dict
@@ -110,7 +132,7 @@ class New:
     branch, sent-by and source; any method but CANCEL and ACK), RFC 3261 9.2.
     (Not frozen, unlike the other decisions: one is made per request, and a frozen
     dataclass's __init__ costs 2.5 times as much.)"""
-    key: Hashable
+    key: TransactionKey
     cancel_target: bool = False
 
 
@@ -143,28 +165,40 @@ Decision = Union[New, Retransmit, Absorb, Full]
 # Values repeated across the table (hosts, source addresses, methods, ports): one shared
 # copy of each. Bounded, and only short values, because all of them come from the network:
 # sys.intern() would keep every host a flood invents (in CPython 3.12 every interned string
-# is immortal).
-_SHARED: dict = {}
+# is immortal). Strings and ints share one table and one bound. Each value maps to itself, so
+# a lookup gives back the type it was given: a dict type cannot say that, hence Any for the
+# values (read into a variable of the key's type).
+_SHARED: dict[str | int, Any] = {}
 _SHARED_MAX = 4096
 _SHARED_MAX_LEN = 64
 
 
-def _shared(value):
-    shared = _SHARED.get(value)
+def _shared_str(value: str) -> str:
+    shared: str | None = _SHARED.get(value)
     if shared is not None:
         return shared
-    if len(_SHARED) < _SHARED_MAX and (value.__class__ is int or len(value) <= _SHARED_MAX_LEN):
+    if len(_SHARED) < _SHARED_MAX and len(value) <= _SHARED_MAX_LEN:
         _SHARED[value] = value
     return value
 
 
-def _is_3261_branch(branch: str | None) -> bool:
+def _shared_int(value: int) -> int:
+    shared: int | None = _SHARED.get(value)
+    if shared is not None:
+        return shared
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
+def _is_3261_branch(branch: str | None) -> TypeGuard[str]:
     # The magic cookie plus at least one more character: RFC 4475 3.2.1's bare "z9hG4bK"
     # does not count.
-    return bool(branch) and len(branch) > len(MAGIC_COOKIE) and branch.startswith(MAGIC_COOKIE)
+    return branch is not None and len(branch) > len(MAGIC_COOKIE) and \
+        branch.startswith(MAGIC_COOKIE)
 
 
-def transaction_key(request: Request) -> tuple:
+def transaction_key(request: Request) -> MatchingValues:
     """The 17.2.3 matching values of a request, without its source. With an RFC 3261 branch:
     ("3261", branch, sent-by host lower-cased, sent-by port, method), ACK mapped to INVITE.
     Otherwise the RFC 2543 rule: ("2543", Request-URI, To tag, From tag, Call-ID, CSeq
@@ -176,14 +210,16 @@ def transaction_key(request: Request) -> tuple:
     method = request.method
     if method == "ACK":
         method = "INVITE"
-    if _is_3261_branch(via.branch):
+    branch = via.branch
+    if _is_3261_branch(branch):
         port = via.port
-        return ("3261", via.branch, _shared(via.host.lower()),
-                port if port is None else _shared(port), _shared(method))
-    return ("2543",) + _rfc2543_values(request) + (method,)
+        return ("3261", branch, _shared_str(via.host.lower()),
+                port if port is None else _shared_int(port), _shared_str(method))
+    return ("2543",) + _rfc2543_values(request, via) + (method,)
 
 
-def _rfc2543_values(request: Request) -> tuple:
+def _rfc2543_values(request: Request, top_via: Via) -> tuple[
+        str, str | None, str | None, str | None, int | None, str]:
     to, from_, cseq = request.to, request.from_, request.cseq
     return (
         request.uri,
@@ -191,17 +227,12 @@ def _rfc2543_values(request: Request) -> tuple:
         from_.tag if from_ is not None else None,
         request.call_id,
         cseq.number if cseq is not None else None,
-        request.top_via.raw,
+        top_via.raw,
     )
 
 
-# A table key is (match, method). `match` holds what identifies the transaction besides its
-# method - the 17.2.3 values and the source - so that a CANCEL finds its target by `match`
-# alone:
-#   RFC 3261: (branch, host, port, source ip, source port, connection)         6 items
-#   RFC 2543: (uri, to tag, from tag, call-id, cseq number, top via,
-#              source ip, source port, connection)                              9 items
-_LEN_3261 = 6
+# The length of an RFC 3261 match (see Match3261; an RFC 2543 one has 9 items).
+_LEN_3261: Final = 6
 
 # A CANCEL finds its target by trying (match, method) for these methods, so the transactions
 # of these methods need no index besides the table itself (one dict entry less per held
@@ -211,14 +242,14 @@ _PROBED_METHODS = ("PUBLISH", "OPTIONS", "INVITE", "SUBSCRIBE", "NOTIFY", "REGIS
 _UNINDEXED = frozenset(_PROBED_METHODS + ("CANCEL",))
 
 
-def _variable_bytes(match: tuple) -> int:
+def _variable_bytes(match: Match) -> int:
     """The characters of a key's strings that vary in length from request to request (all
     client-controlled, so they must count against max_bytes)."""
     if len(match) == _LEN_3261:
         return len(match[0]) + len(match[1]) + len(match[3])
     total = 0
     for value in match:
-        if value.__class__ is str:
+        if type(value) is str:
             total += len(value)
     return total
 
@@ -228,8 +259,10 @@ def _variable_bytes(match: tuple) -> int:
 # transactions a busy server holds cost it nothing (an object per transaction made every
 # older-generation collection scan them all, pausing the server for tens of ms). The same
 # goes for the keys, provided the caller's connection ids are plain values.
-_Entry = tuple  # (float, bytes | None, bool)
-_DEADLINE, _RESPONSE, _RELIABLE = 0, 1, 2
+_Entry: TypeAlias = tuple[float, bytes | None, bool]  # (deadline, final response, reliable)
+_DEADLINE: Final = 0
+_RESPONSE: Final = 1
+_RELIABLE: Final = 2
 
 
 class TransactionTable:
@@ -261,22 +294,22 @@ class TransactionTable:
         self.linger_reliable = linger_reliable
         #: bytes accounted for the entries held (see ENTRY_OVERHEAD)
         self.bytes = 0
-        self._entries: dict[tuple, _Entry] = {}
+        self._entries: dict[TransactionKey, _Entry] = {}
         # Deadline queues, in deadline order. Completed entries leave only from the front of
         # theirs, so it holds keys alone (the deadline is in the entry). An entry leaves
         # Proceeding from anywhere (it completes), so that queue keeps each item's deadline
         # in a parallel deque and skips items whose entry has moved on (lazy deletion).
-        self._proceeding_keys: deque = deque()
-        self._proceeding_deadlines: deque = deque()
-        self._completed_keys: deque = deque()
+        self._proceeding_keys: deque[TransactionKey] = deque()
+        self._proceeding_deadlines: deque[float] = deque()
+        self._completed_keys: deque[TransactionKey] = deque()
         # match -> method, for CANCEL matching of transactions whose method is not probed
-        self._targets: dict[tuple, str] = {}
+        self._targets: dict[Match, str] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def on_request(self, request: Request, source: tuple, transport: str, now: float,
-                   connection: Hashable = None) -> Decision:
+    def on_request(self, request: Request, source: tuple[str, int], transport: str, now: float,
+                   connection: ConnectionId | None = None) -> Decision:
         """Classify an incoming request (which the parser accepted, so its Via, From, To,
         Call-ID and CSeq are readable). `source`: the peer's (ip, port). `connection`: for
         TCP/TLS, an id of the connection unique for the life of the server (a plain int or
@@ -293,21 +326,22 @@ class TransactionTable:
         via = request.top_via
         if via is None:
             raise ValueError("request has no Via")
-        source_ip = _shared(source[0])
-        source_port = _shared(source[1])
+        source_ip = _shared_str(source[0])
+        source_port = _shared_int(source[1])
         if not reliable:
             connection = None
         branch = via.branch
+        match: Match
         if _is_3261_branch(branch):
-            host = _shared(via.host.lower())
+            host = _shared_str(via.host.lower())
             port = via.port
-            match = (branch, host, port if port is None else _shared(port),
+            match = (branch, host, port if port is None else _shared_int(port),
                      source_ip, source_port, connection)
             size = ENTRY_OVERHEAD + len(branch) + len(host) + len(source_ip) + len(method)
         else:
-            match = _rfc2543_values(request) + (source_ip, source_port, connection)
+            match = _rfc2543_values(request, via) + (source_ip, source_port, connection)
             size = ENTRY_OVERHEAD + _variable_bytes(match) + len(method)
-        method = _shared(method)
+        method = _shared_str(method)
         key = (match, method)
         entries = self._entries
         entry = entries.get(key)
@@ -328,7 +362,7 @@ class TransactionTable:
             return New(key, self._has_target(match))
         return New(key)
 
-    def on_response(self, key: tuple, response: bytes, now: float) -> None:
+    def on_response(self, key: TransactionKey, response: bytes, now: float) -> None:
         """Store the final response and start Timer J (64*T1; on a connection transport 0
         unless `linger_reliable`, which ends the transaction now). A key the table no longer
         holds (its transaction timed out) is stored again as an unreliable transaction when
@@ -410,7 +444,7 @@ class TransactionTable:
             return 1
         return max(1, ceil(deadline - now))
 
-    def _has_target(self, match: tuple) -> bool:
+    def _has_target(self, match: Match) -> bool:
         """Whether a transaction other than a CANCEL holds `match` (RFC 3261 9.2)."""
         entries = self._entries
         for method in _PROBED_METHODS:
@@ -437,7 +471,7 @@ class TransactionTable:
             keys.popleft()
             deadlines.popleft()
 
-    def _drop(self, key: tuple, entry: _Entry) -> None:
+    def _drop(self, key: TransactionKey, entry: _Entry) -> None:
         del self._entries[key]
         self.bytes -= _size(key, entry)
         match, method = key
@@ -445,7 +479,7 @@ class TransactionTable:
             del self._targets[match]
 
 
-def _size(key: tuple, entry: _Entry | None) -> int:
+def _size(key: TransactionKey, entry: _Entry | None) -> int:
     """What an entry is accounted for (the same sum on_request and on_response made)."""
     match, method = key
     if len(match) == _LEN_3261:

@@ -167,6 +167,7 @@ class Via:
             and dict(self.params) == dict(other.params)
         )
 
+    # Unhashable, as it defines __eq__; typeshed types object.__hash__ as a method only.
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -222,10 +223,12 @@ class NameAddr(NamedTuple):
                 raise ParseError(400, "Malformed name-addr")
             uri = bare
         parse_uri(uri)  # raises ParseError(400); memoised, as parsed_uri reads it again
+        display: str | None
         if quoted is not None:
-            display: str | None = quoted[1:-1]
-            if "\\" in display:
-                display = abnf.QUOTED_PAIR_RE.sub(r"\1", display)
+            unquoted: str = quoted[1:-1]
+            if "\\" in unquoted:
+                unquoted = abnf.QUOTED_PAIR_RE.sub(r"\1", unquoted)
+            display = unquoted
         else:
             display = tokens
         if params_text:
