@@ -45,8 +45,8 @@ class ServeSettings:
     max_queue_bytes: int = 16 * 1024 * 1024  # their size in bytes; beyond it 503
     max_queue_wait: float = 5.0  # seconds a PUBLISH may wait for the store; then 503
     store_timeout: float = 5.0  # a batch unanswered this long: the store is restarted
-    max_transactions: int = 250_000  # transactions kept for retransmissions; beyond it 503
-    max_transaction_bytes: int = 256 * 1024 * 1024  # their size in bytes; beyond it 503
+    max_transactions: int = 400_000  # transactions kept for retransmissions; beyond it 503
+    max_transaction_bytes: int = 512 * 1024 * 1024  # their size in bytes; beyond it 503
     # authentication, authorization, TLS
     auth_file: str = ""
     realm: str = ""

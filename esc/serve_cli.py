@@ -58,9 +58,9 @@ def add_serve_commands(commands: Any) -> None:
                    help="seconds without an answer from the store process before it is "
                         "restarted (5)")
     p.add_argument("--max-transactions", type=int,
-                   help="most transactions kept for retransmissions; beyond it 503 (250000)")
+                   help="most transactions kept for retransmissions; beyond it 503 (400000)")
     p.add_argument("--max-transaction-bytes", type=int,
-                   help="their total size in bytes; beyond it 503 (268435456)")
+                   help="their total size in bytes; beyond it 503 (536870912)")
     p.add_argument("--auth-file", help="file of HA1 credentials: turns SIP Digest on")
     p.add_argument("--realm", help="Digest realm (default: the first --domain, else the host)")
     p.add_argument("--policy-file", help="TOML file: which users may publish for which AORs")

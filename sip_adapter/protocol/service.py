@@ -50,8 +50,8 @@ class ServiceConfig:
     max_body_per_package: tuple[tuple[str, int], ...] = ()  # (package, bytes)
     authenticator: DigestAuthenticator | None = None  # Digest on for PUBLISH
     policy: Policy | None = None  # who may publish for what (default rule: own AOR only)
-    max_transactions: int = 250_000  # transaction table bounds (503 past them)
-    max_transaction_bytes: int = 256 * 1024 * 1024
+    max_transactions: int = 400_000  # transaction table bounds (503 past them)
+    max_transaction_bytes: int = 512 * 1024 * 1024
 
 
 class Accepted(Protocol):
