@@ -2,7 +2,7 @@
 
 A tag is the publication's aggregate id (32 hex digits) and a fresh random part, joined by
 a dot. Any node can therefore load the aggregate the tag points at and compare the whole
-tag with the one it holds (DESIGN decision 2): no read model is consulted, so a lagging
+tag with the one it holds (design decision 2): no read model is consulted, so a lagging
 view can never turn a valid refresh into a 412. The random part is supplied by the caller
 (the domain has no random source) and makes each tag unguessable and never reused.
 """

@@ -27,7 +27,7 @@ class Operation(Enum):
     REFRESH = "refresh"
     MODIFY = "modify"
     REMOVE = "remove"
-    DISCARD = "discard"  # initial with Expires: 0 stores nothing (DESIGN decision 6)
+    DISCARD = "discard"  # initial with Expires: 0 stores nothing (design decision 6)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ per-resource limit is checked); a refresh, modify or remove loads the aggregate 
 SIP-If-Match names (from the cache, or from the event store) and applies the command with
 a new entity-tag. A refusal is a result, not an exception. All the events of the batch are
 then saved in one transaction (one fsync) and only then answered: nothing is acknowledged
-before it is durable (DESIGN decision 3).
+before it is durable (design decision 3).
 
 - A request whose decision raises anything but a refusal is answered InternalError on its
   own, and the batch is decided again without it, from freshly loaded aggregates
-  (DESIGN decision 8).
+  (design decision 8).
 - A version conflict on save (another process or node wrote one of these publications
-  first) evicts what the batch touched and decides it again (DESIGN decision 4).
+  first) evicts what the batch touched and decides it again (design decision 4).
 - A failure of the store itself, reading or saving, fails the whole batch with
   StoreUnavailable and keeps nothing.
 

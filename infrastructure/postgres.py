@@ -4,7 +4,7 @@ eventsourcing's PostgreSQL module does the storing; this module adapts it to a S
 
 - Schema creation is serialised by a PostgreSQL advisory lock, and skipped when the tables
   are already there. Two nodes creating the tables at the same moment once failed with
-  "tuple concurrently updated" (DESIGN.md); under the lock, concurrent starts queue, and a
+  "tuple concurrently updated" (docs/design.md); under the lock, concurrent starts queue, and a
   node whose database user may not create tables starts fine once `esc migrate` has run.
 - Every wait is bounded. eventsourcing retries a failed statement ten times (0.2 s apart),
   each attempt waiting up to the pool timeout for a connection: with the database down,

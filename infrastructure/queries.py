@@ -1,7 +1,7 @@
 """The queries: what the compositor holds, read without changing it.
 
 - `find`: the publication an entity-tag names, from the event store itself (strongly
-  consistent, DESIGN decision 2: no view is consulted);
+  consistent, design decision 2: no view is consulted);
 - `publications`, `list`, `compose`: live publications, from the current-state view
   (caught up first when other nodes write the store too);
 - `history`: every event of every publication a resource ever had, from the event store,

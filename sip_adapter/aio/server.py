@@ -4,7 +4,7 @@ Transports hand every message to `dispatch`; the protocol core (`SipService`) an
 or returns a PUBLISH for the store, which is `offer`ed to the `StoreGateway`: the one
 place that bounds what waits for the store, batches it (group commit), and supervises the
 store process. Every response of a batch is sent only after the store said it is durable
-(DESIGN decision 3); batches are handled in arrival order (decision 4).
+(design decision 3); batches are handled in arrival order (decision 4).
 """
 
 from __future__ import annotations

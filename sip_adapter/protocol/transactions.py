@@ -18,7 +18,7 @@ States kept: Trying/Proceeding (no final response yet) and Completed (final resp
 until Timer J = 64*T1 fires). An ESC only ever answers INVITE with a final error, so INVITE is
 handled the same way (no Timer G retransmissions) and any ACK is absorbed.
 
-Transactions are bound to their source (DESIGN decision 10)
+Transactions are bound to their source (design decision 10)
 -----------------------------------------------------------
 RFC 3261 17.2.3 matches on branch, sent-by and method: values copied from the request's
 bytes, which anyone can resend, and which a client with a predictable branch lets anyone
@@ -52,14 +52,14 @@ replaced and gets 412 (RFC 3903 section 6), after which the client publishes afr
 Completed transactions on connection transports still linger for Timer J by default
 (`linger_reliable`), for stacks that do resend on the same connection.
 
-Bounds (DESIGN decision 9) and cost
+Bounds (design decision 9) and cost
 -----------------------------------
 The table is bounded in entries (`max_entries`) and in bytes (`max_bytes`): stored
 responses, the variable-length parts of keys, and `ENTRY_OVERHEAD` per entry for the key,
 entry and queue objects (measured with tracemalloc). When a new transaction would exceed
 either bound, it is refused (`Full`) rather than admitted by evicting another: eviction
 would let a flood erase the answers that keep other clients' retransmissions from being
-processed twice (DESIGN decision 5). The final response of an admitted transaction is always
+processed twice (design decision 5). The final response of an admitted transaction is always
 stored, so `bytes` can exceed `max_bytes` by the responses of the transactions in progress
 when the table filled (each bounded by the message size limit; their number by what the
 server lets wait).
@@ -290,7 +290,7 @@ class TransactionTable:
         # RFC 3261 sets Timer J to 0 on reliable transports, as clients do not retransmit
         # there. Some stacks resend on the same connection anyway; keeping the answer for
         # 64*T1 means such a resend is answered from the table and never reaches the store
-        # twice (DESIGN decision 5). (A resend on a new connection is a new transaction: see
+        # twice (design decision 5). (A resend on a new connection is a new transaction: see
         # the module docstring.)
         self.linger_reliable = linger_reliable
         #: bytes accounted for the entries held (see ENTRY_OVERHEAD)

@@ -197,7 +197,7 @@ def test_a_node_told_not_to_create_the_schema_says_to_migrate(pg):
 
 
 def test_nodes_starting_at_the_same_moment_all_start(pg, nodes):
-    """DESIGN.md: two nodes creating the tables at once failed with "tuple concurrently
+    """docs/design.md: two nodes creating the tables at once failed with "tuple concurrently
     updated". The advisory lock makes concurrent starts queue."""
     barrier = threading.Barrier(6)
 

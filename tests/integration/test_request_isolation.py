@@ -1,4 +1,4 @@
-"""One request's failure is its own (DESIGN decision 8): whatever deciding one PUBLISH
+"""One request's failure is its own (design decision 8): whatever deciding one PUBLISH
 raises, that request alone is answered with an error and its batch-mates are decided and
 committed exactly as if it were not there."""
 

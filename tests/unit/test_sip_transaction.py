@@ -1,5 +1,5 @@
 """Non-INVITE server transactions: RFC 3261 17.2.2 (states, Timer J), 17.2.3 (matching),
-9.2 (CANCEL), transactions bound to their source (DESIGN decision 10), bounds in entries and
+9.2 (CANCEL), transactions bound to their source (design decision 10), bounds in entries and
 bytes (decision 9) and O(1) expiry (issue 14)."""
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def test_rfc2543_cancel_matches_its_target():
     assert table.on_request(cancel(branch="old2"), SRC, "UDP", 0.1).cancel_target is False
 
 
-# --- transactions bound to their source (DESIGN decision 10) -----------------------------------
+# --- transactions bound to their source (design decision 10) -----------------------------------
 
 VICTIM = ("192.0.2.10", 5060)
 ATTACKER = ("203.0.113.66", 5060)
