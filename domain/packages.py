@@ -60,31 +60,27 @@ def parse_xml(body: bytes) -> Element:
         raise InvalidBody(f"body is not well-formed XML: {error}") from None
 
 
-def _compose_children(root_tag: str) -> Composer:
+def _merge_children(bodies: list[bytes]) -> bytes:
     """Merge documents by concatenating their top-level children (PIDF tuples, dialogs).
 
     RFC 3903 leaves composition policy to the compositor; the simple, lossless policy is to
     present every live publication's elements under one root, newest last.
     """
+    if not bodies:
+        return b""
+    if len(bodies) == 1:
+        return bodies[0]
+    roots = [parse_xml(body) for body in bodies]
+    merged = roots[-1]
+    for root in roots[:-1]:
+        for index, child in enumerate(list(root)):
+            merged.insert(index, child)
+    import xml.etree.ElementTree as ET  # serialising is safe; parsing went through defusedxml
 
-    def compose(bodies: list[bytes]) -> bytes:
-        if not bodies:
-            return b""
-        if len(bodies) == 1:
-            return bodies[0]
-        roots = [parse_xml(body) for body in bodies]
-        merged = roots[-1]
-        for root in roots[:-1]:
-            for index, child in enumerate(list(root)):
-                merged.insert(index, child)
-        import xml.etree.ElementTree as ET  # serialising is safe; parsing went through defusedxml
-
-        # typeshed types tostring() with an encoding other than "unicode" as Any (the codec
-        # could in principle return anything); "utf-8" gives bytes.
-        document: bytes = ET.tostring(merged, encoding="utf-8", xml_declaration=True)
-        return document
-
-    return compose
+    # typeshed types tostring() with an encoding other than "unicode" as Any (the codec
+    # could in principle return anything); "utf-8" gives bytes.
+    document: bytes = ET.tostring(merged, encoding="utf-8", xml_declaration=True)
+    return document
 
 
 def _latest(bodies: list[bytes]) -> bytes:
@@ -121,11 +117,11 @@ def normalise_media_type(content_type: str) -> str:
 
 PRESENCE = EventPackage(
     "presence", ("application/pidf+xml",), validator=well_formed_xml,
-    composer=_compose_children("presence"),
+    composer=_merge_children,
 )
 DIALOG = EventPackage(
     "dialog", ("application/dialog-info+xml",), validator=well_formed_xml,
-    composer=_compose_children("dialog-info"),
+    composer=_merge_children,
 )
 MESSAGE_SUMMARY = EventPackage("message-summary", ("application/simple-message-summary",))
 
