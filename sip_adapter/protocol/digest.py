@@ -36,7 +36,8 @@ realm.
 
 Verification (RFC 3261 22.4, RFC 7616 3.4)
 -------------------------------------------
-- Challenges: one WWW-Authenticate per algorithm, strongest first (SHA-256 before MD5, RFC 8760
+- Challenges: one WWW-Authenticate per algorithm, in the configured order; by default
+  strongest first (SHA-256 before MD5, RFC 8760
   section 2.4), each with qop="auth", a fresh nonce and the opaque value.
 - Nonces are stateless: base64url(issue time in ms | 12 random bytes | HMAC-SHA256 tag) under a
   secret, bound to the realm and to the algorithm of the challenge that carried it (the tag
@@ -447,7 +448,9 @@ class DigestAuthenticator:
     nonce_lifetime: seconds a nonce stays usable after it was issued.
     secret: the key nonces are signed with. Give every node and every restart the same secret
         for nonces to survive them; None: a random one (nonces die with the process).
-    algorithms: offered and accepted, any order; challenges list the strongest first.
+    algorithms: offered and accepted; challenges are offered in the order given (clients such
+        as baresip 1.0 and sipsak answer only a first challenge that is MD5, so serving them
+        takes MD5 first, or MD5 alone). The default is strongest first: SHA-256, MD5.
     max_nonces: how many nonces' nonce-counts are remembered.
     random_bytes: randomness for nonces (inject a fixed one in tests).
     reject_nonces_before: epoch seconds; nonces issued before it are stale unless this process
@@ -467,12 +470,13 @@ class DigestAuthenticator:
             raise ValueError("nonce_lifetime must be positive")
         if max_nonces < 1:
             raise ValueError("max_nonces must be at least 1")
-        chosen = set()
+        chosen: list[str] = []
         for name in algorithms:
             canonical = _algorithm(name)
             if canonical is None:
                 raise ValueError(f"unsupported digest algorithm {name!r}")
-            chosen.add(canonical)
+            if canonical not in chosen:
+                chosen.append(canonical)
         if not chosen:
             raise ValueError("no digest algorithm")
         if secret is None:
@@ -482,7 +486,7 @@ class DigestAuthenticator:
         self.credentials = credentials
         self.realm = realm
         self.nonce_lifetime = float(nonce_lifetime)
-        self.algorithms: tuple[str, ...] = tuple(a for a in ALGORITHMS if a in chosen)
+        self.algorithms: tuple[str, ...] = tuple(chosen)  # the order challenges are offered in
         self.max_nonces = max_nonces
         self._random = random_bytes
         realm_bytes = _encode(realm)
@@ -513,7 +517,7 @@ class DigestAuthenticator:
         return hmac.new(self._nonce_key, message, hashlib.sha256).digest()[:_NONCE_TAG]
 
     def challenge(self, now: float, stale: bool = False) -> list[tuple[str, str]]:
-        """WWW-Authenticate headers for a 401: one per algorithm, strongest first."""
+        """WWW-Authenticate headers for a 401: one per algorithm, in the configured order."""
         realm = _quote(self.realm)
         out = []
         for algorithm in self.algorithms:
@@ -571,7 +575,7 @@ class DigestAuthenticator:
                 ours.append((params, algorithm))
         if not ours:
             return None
-        # Several for our realm (one per algorithm, say): the strongest we offer.
+        # Several for our realm (one per algorithm, say): the one we offer first.
         ours.sort(key=lambda pair: self.algorithms.index(pair[1]))
         return ours[0]
 
