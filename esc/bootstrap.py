@@ -14,6 +14,8 @@ from infrastructure.random_pool import RandomPool
 from infrastructure.store_process import StoreProcess
 from infrastructure.store_url import redact_url
 
+from .systemd import notify
+
 log = logging.getLogger("esc")
 
 
@@ -83,11 +85,14 @@ async def serve(settings, listens) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    notify("READY=1\nSTATUS=" + "; ".join(f"listening {listen.describe(port)}"
+                                          for listen, port in server.bound))
     log.info("store %s; events %s; expiry %s..%s s (default %s)",
              redact_url(settings.store),
              ",".join(packages.names), settings.min_expires, settings.max_expires,
              settings.default_expires)
     await stop.wait()
+    notify("STOPPING=1")
     if server.fatal is not None:
         await server.stop(drain_timeout=0)
         raise StoreGaveUp(server.fatal)
