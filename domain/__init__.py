@@ -1,5 +1,8 @@
 """The pure model of an RFC 3903 Event State Compositor: no I/O, no clock, no threads."""
 
+from .composition import (Composer, Composition, Contribution, compose_dialog_info,
+                          compose_newest, compose_presence, dialog_composer, newest_composer,
+                          presence_composer)
 from .errors import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
                      InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                      UnsupportedMediaType)
@@ -12,7 +15,9 @@ from .resource import (InvalidResource, address_of_record, other_address_of_reco
                        sip_address_of_record)
 
 __all__ = [
-    "Audit", "BUILT_IN", "BadEvent", "Classified", "CompositorError",
+    "Audit", "BUILT_IN", "BadEvent", "Classified", "Composer", "Composition",
+    "CompositorError", "Contribution", "compose_dialog_info", "compose_newest",
+    "compose_presence", "dialog_composer", "newest_composer", "presence_composer",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",

@@ -14,10 +14,10 @@ from xml.parsers import expat
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from .composition import Composer, dialog_composer, newest_composer, presence_composer
 from .errors import BadEvent, InvalidBody, UnsupportedMediaType
 
 BodyValidator = Callable[[bytes], None]
-Composer = Callable[[list[bytes]], bytes]
 
 
 class _Refused(Exception):
@@ -60,42 +60,17 @@ def parse_xml(body: bytes) -> Element:
         raise InvalidBody(f"body is not well-formed XML: {error}") from None
 
 
-def _merge_children(bodies: list[bytes]) -> bytes:
-    """Merge documents by concatenating their top-level children (PIDF tuples, dialogs).
-
-    RFC 3903 leaves composition policy to the compositor; the simple, lossless policy is to
-    present every live publication's elements under one root, newest last.
-    """
-    if not bodies:
-        return b""
-    if len(bodies) == 1:
-        return bodies[0]
-    roots = [parse_xml(body) for body in bodies]
-    merged = roots[-1]
-    for root in roots[:-1]:
-        for index, child in enumerate(list(root)):
-            merged.insert(index, child)
-    import xml.etree.ElementTree as ET  # serialising is safe; parsing went through defusedxml
-
-    # typeshed types tostring() with an encoding other than "unicode" as Any (the codec
-    # could in principle return anything); "utf-8" gives bytes.
-    document: bytes = ET.tostring(merged, encoding="utf-8", xml_declaration=True)
-    return document
-
-
-def _latest(bodies: list[bytes]) -> bytes:
-    return bodies[-1] if bodies else b""
-
-
 @dataclass(frozen=True)
 class EventPackage:
-    """One event package: its name, accepted content types (None: any), default expiry."""
+    """One event package: its name, accepted content types (None: any), default expiry,
+    body validator, and composer: how the live publications of one resource become the
+    one document a watcher sees (domain.composition; by default the newest body)."""
 
     name: str
     content_types: tuple[str, ...] | None
     default_expires: int | None = None
     validator: BodyValidator | None = None
-    composer: Composer = field(default=_latest)
+    composer: Composer = field(default=newest_composer)
 
     def accepts(self, content_type: str) -> bool:
         return self.content_types is None or content_type in self.content_types
@@ -117,11 +92,11 @@ def normalise_media_type(content_type: str) -> str:
 
 PRESENCE = EventPackage(
     "presence", ("application/pidf+xml",), validator=well_formed_xml,
-    composer=_merge_children,
+    composer=presence_composer,
 )
 DIALOG = EventPackage(
     "dialog", ("application/dialog-info+xml",), validator=well_formed_xml,
-    composer=_merge_children,
+    composer=dialog_composer,
 )
 MESSAGE_SUMMARY = EventPackage("message-summary", ("application/simple-message-summary",))
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, NoReturn, Sequence
 
-from domain import InvalidResource
+from domain import BUILT_IN, InvalidResource
 from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
 from infrastructure.store_url import redact_url
 
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("history", help="the audit trail of a resource, one line per event")
     p.add_argument("aor"), p.add_argument("--event")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("state", help="the composed state of a resource, now or at a "
+                                          "past moment (replayed from its events)")
+    p.add_argument("aor"), p.add_argument("--event", required=True)
+    p.add_argument("--at", metavar="TIME",
+                   help="epoch seconds or ISO 8601 (UTC when no offset is given)")
     add_store(p), add_json(p)
 
     p = commands.add_parser("follow", help="the change feed as JSON lines")
@@ -150,6 +158,55 @@ def cmd_history(args, out) -> int:
     return 0
 
 
+def parse_time(text: str) -> float:
+    """Epoch seconds (`1764480000.5`) or ISO 8601 (`2026-11-30T14:03:00+01:00`; without an
+    offset, UTC) -> epoch seconds. Raises CommandError (exit 2) for anything else."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise CommandError(f"--at {text!r} is neither epoch seconds nor an ISO 8601 "
+                               f"time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = moment.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise CommandError(f"--at {text!r} is not a time after 1970")
+    return seconds
+
+
+def cmd_state(args, out) -> int:
+    at = None if args.at is None else parse_time(args.at)
+    name = args.event.split(";", 1)[0].strip().lower()
+    if not name:
+        raise CommandError("--event needs an event package name")
+    # Read whatever the store holds: a package the server was configured with but this
+    # command does not know is composed as any other (the newest body).
+    with opened(args, events=[*BUILT_IN, name]) as compositor:
+        state = compositor.state(args.aor, name, at)
+    if args.json:
+        data: dict[str, Any] = {"aor": state.aor, "event": state.event, "at": state.at,
+                                "content_type": state.content_type}
+        try:
+            data["body"] = state.body.decode("utf-8")
+        except UnicodeDecodeError:
+            data["body_base64"] = base64.b64encode(state.body).decode()
+        data["publications"] = list(state.publications)
+        out(json.dumps(data))
+    elif not state.body:
+        print(f"nothing published for {state.aor} ({state.event}) at {iso(state.at)}",
+              file=sys.stderr)
+    else:
+        try:
+            out(state.body.decode("utf-8"))
+        except UnicodeDecodeError:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(state.body)
+    return 0
+
+
 def cmd_follow(args, out) -> int:
     if args.after < 0:
         raise CommandError("--after must be 0 or more")
@@ -217,13 +274,15 @@ def cmd_migrate(args, out) -> int:
 class opened:
     """Open the store for one command; any failure becomes one line and exit 3."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, **options: Any) -> None:
         self.args = args
+        self.options = options
         self.compositor = None
 
     def __enter__(self):
         try:
-            self.compositor = open_compositor(self.args.store, create_schema=True)
+            self.compositor = open_compositor(self.args.store, create_schema=True,
+                                              **self.options)
         except BadStoreURL as error:
             raise CommandError(str(error)) from None
         except Exception as error:
@@ -243,7 +302,8 @@ def one_line(error: BaseException) -> str:
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
-    "find": cmd_find, "list": cmd_list, "history": cmd_history, "follow": cmd_follow,
+    "find": cmd_find, "list": cmd_list, "history": cmd_history, "state": cmd_state,
+    "follow": cmd_follow,
     "verify": cmd_verify, "clear": cmd_clear, "migrate": cmd_migrate,
 }
 

@@ -12,7 +12,7 @@ This class only opens and composes the parts, each a module of its own:
     application.py  the event store (an eventsourcing Application of Publications)
     commands.py     the command side: decide and save a batch, expire what is due
     projection.py   the current-state view (view.py) and its tracking
-    queries.py      find, publications, list, compose, history, feed
+    queries.py      find, publications, list, compose, state, history, feed
 
 Writes are serialised by one lock (the application's) and committed in groups:
 `process_many` decides a batch of requests in arrival order, saves every touched aggregate
@@ -36,7 +36,7 @@ from .application import EscApplication
 from .commands import CommandSide, Result
 from .feed import FeedConsumer
 from .projection import PAGE, CurrentState
-from .queries import Queries
+from .queries import ComposedState, Queries
 from .random_pool import RandomPool
 from .records import Accepted, EventRecord, Found
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
@@ -207,6 +207,15 @@ class Compositor:
 
     def compose(self, aor: str, event: str, now: float | None = None) -> tuple[str, bytes] | None:
         return self.queries.compose(aor, event, self.now(now))
+
+    def state(self, aor: str, event: str, at: float | None = None, *,
+              version: int = 0, now: float | None = None) -> ComposedState:
+        """The composed state watchers of a resource see now (`at` None, from the view), or
+        saw at the moment `at` (epoch seconds), rebuilt by replaying the resource's events
+        up to then. `version` is the dialog-info version to write (0 here; a notifier
+        counts it per subscription)."""
+        return self.queries.state(aor, event, None if at is None else float(at),
+                                  self.now(now), version)
 
     def history(self, aor: str, event: str | None = None) -> list[EventRecord]:
         return self.queries.history(aor, event)

@@ -4,6 +4,8 @@
   consistent, design decision 2: no view is consulted);
 - `publications`, `list`, `compose`: live publications, from the current-state view
   (caught up first when other nodes write the store too);
+- `state`: the composed document of a resource now (from the view) or at any past moment
+  (replayed from its history);
 - `history`: every event of every publication a resource ever had, from the event store,
   found through the view's index of resources;
 - `feed`: every event in the store's one global order, from its notification log.
@@ -12,10 +14,12 @@
 from __future__ import annotations
 
 import heapq
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 from uuid import UUID
 
-from domain import EventPackages, address_of_record, publication_id_of
+from domain import Contribution, EventPackages, address_of_record, publication_id_of
+from domain.packages import EventPackage
 
 from .application import EscApplication
 from .projection import CurrentState
@@ -69,10 +73,32 @@ class Queries:
         """The resource's composed state: every live publication merged by the package's
         composer (RFC 3903 leaves the policy to the compositor). None when nothing is live."""
         package = self.packages.get(event)
-        live = self.publications(aor, package.name, now)
+        resource = address_of_record(aor)
+        live = self._live_now(resource, package.name, now)
         if not live:
             return None
-        return live[-1].content_type, package.composer([p.body for p in live])
+        state = _compose(resource, package, live, now, 0)
+        return state.content_type or "", state.body
+
+    def state(self, aor: str, event: str, at: float | None, now: float,
+              version: int = 0) -> ComposedState:
+        """The composed state of a resource as watchers see it: now (`at` None: the live
+        view at `now`) or at any moment `at`, rebuilt by replaying the resource's events up
+        to then (`version`: the dialog-info version to write)."""
+        package = self.packages.get(event)
+        resource = address_of_record(aor)
+        if at is None:
+            live = self._live_now(resource, package.name, now)
+            moment = now
+        else:
+            live = _replay(self.history(resource, package.name), at)
+            moment = at
+        return _compose(resource, package, live, moment, version)
+
+    def _live_now(self, resource: str, package: str, now: float) -> list[_Live]:
+        self.projection.follow()
+        return [_Live(r.id, r.etag, r.content_type, r.body, r.published_at, r.updated_at)
+                for r in self.view.live(resource, package, now)]
 
     def history(self, aor: str, event: str | None) -> list[EventRecord]:
         """Every event of every publication the resource ever had, oldest first.
@@ -105,6 +131,79 @@ class Queries:
                 remaining -= len(notifications)
             if len(notifications) < size:
                 return
+
+
+@dataclass(frozen=True)
+class ComposedState:
+    """What watchers of a resource saw (or see) at one moment: the composed document and
+    the entity-tags of the publications that went into it, in document order."""
+
+    aor: str
+    event: str
+    at: float
+    content_type: str | None
+    body: bytes
+    publications: tuple[str, ...]
+
+
+@dataclass
+class _Live:
+    """A publication live at the moment asked about, as composition needs it."""
+
+    id: str
+    etag: str
+    content_type: str
+    body: bytes
+    published_at: float
+    updated_at: float  # its last Published, Refreshed or Modified event
+
+
+def _replay(records: Iterable[EventRecord], at: float) -> list[_Live]:
+    """The publications live at `at`, from a resource's history. Each publication's events
+    are applied in version order up to the first one after `at` (so a node whose clock ran
+    behind cannot reorder them); refresh events carry only a body hash, so the body is the
+    last Published or Modified one."""
+    publications: dict[str, _Live] = {}
+    expires: dict[str, float] = {}
+    stopped: set[str] = set()
+    for r in records:
+        if r.publication in stopped:
+            continue
+        if r.at > at:
+            stopped.add(r.publication)
+            continue
+        if r.type == "Published" and r.body is not None:
+            publications[r.publication] = _Live(r.publication, r.etag or "",
+                                                r.content_type or "", r.body, r.at, r.at)
+        elif r.type in ("Refreshed", "Modified") and r.publication in publications:
+            live = publications[r.publication]
+            live.etag, live.updated_at = r.etag or live.etag, r.at
+            if r.type == "Modified" and r.body is not None:
+                live.body, live.content_type = r.body, r.content_type or live.content_type
+        elif r.type in ("Removed", "Expired"):
+            publications.pop(r.publication, None)
+            stopped.add(r.publication)
+            continue
+        if r.expires_at is not None:
+            expires[r.publication] = r.expires_at
+    # Live as the view counts it: not ended, and its expiry time not yet reached.
+    return [p for p in publications.values() if expires.get(p.id, 0.0) > at]
+
+
+def _compose(resource: str, package: EventPackage, live: list[_Live], at: float,
+             version: int) -> ComposedState:
+    # Newest first: by the last Published, Refreshed or Modified event. The view keeps no
+    # separate time of the last body change, so a refresh counts as news too; history is
+    # replayed by the same rule, so a past moment composes exactly as it did then.
+    live.sort(key=lambda p: (p.updated_at, p.published_at, p.id), reverse=True)
+    composition = package.composer(
+        resource, [Contribution(p.id, p.body, p.content_type) for p in live], version)
+    etags = {p.id: p.etag for p in live}
+    content_type = composition.content_type
+    if content_type is None and package.content_types:
+        content_type = package.content_types[0]
+    return ComposedState(resource, package.name, at, content_type, composition.body,
+                         tuple(etags[key] for key in composition.contributors))
 
 
 def package_name(event: str | None) -> str | None:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,38 @@ def test_history_one_line_per_event(esc, filled):
     assert records[2]["etag_before"] == filled["gone"]
 
 
+def test_state_now_and_at_a_past_moment(esc, filled, open_compositor, store_url, pidf, tmp_path):
+    now = esc("state", ALICE, "--event", "presence", "--store", filled["url"])
+    assert now.returncode == 0, now.stderr
+    assert now.stdout.startswith("<?xml") and "<basic>closed</basic>" in now.stdout
+    as_json = json.loads(esc("state", ALICE, "--event", "presence", "--json",
+                             "--store", filled["url"]).stdout)
+    assert as_json["publications"] == [filled["alice"]]
+    assert (as_json["aor"], as_json["event"], as_json["content_type"]) == \
+        (ALICE, "presence", PIDF)
+    assert "<basic>closed</basic>" in as_json["body"]
+
+    # A store with fixed times: published at T0 + 100, removed at T0 + 300.
+    url = f"sqlite:///{tmp_path / 'timed.sqlite3'}"
+    c = open_compositor(url)
+    t0 = 1_700_000_000
+    tag = c.publish(ALICE, "presence", body=pidf("away"), content_type=PIDF, expires=3600,
+                    now=t0 + 100).etag
+    c.publish(ALICE, "presence", if_match=tag, expires=0, now=t0 + 300)
+    c.close()
+    iso_200 = datetime.fromtimestamp(t0 + 200, timezone.utc)
+    for at in (str(t0 + 200), iso_200.isoformat(), iso_200.strftime("%Y-%m-%dT%H:%M:%S"),
+               iso_200.astimezone(timezone(timedelta(hours=2))).isoformat()):
+        then = json.loads(esc("state", ALICE, "--event", "presence", "--at", at, "--json",
+                              "--store", url).stdout)
+        assert then["at"] == t0 + 200 and then["publications"] == [tag], at
+        assert "<basic>away</basic>" in then["body"]
+    later = esc("state", ALICE, "--event", "presence", "--at", str(t0 + 400), "--store", url)
+    assert later.returncode == 0 and "<tuple" not in later.stdout and "entity=" in later.stdout
+    summary = esc("state", ALICE, "--event", "message-summary", "--store", url)
+    assert summary.returncode == 0 and summary.stdout == "" and "nothing" in summary.stderr
+
+
 def test_follow_after_a_position_as_json_lines(esc, filled):
     everything = [json.loads(line) for line in
                   esc("follow", "--store", filled["url"]).stdout.splitlines()]
@@ -162,6 +195,9 @@ def test_a_bad_or_unreachable_store_is_one_line(esc, store):
     ["list", "--no-such-option"],
     ["history", "alice"],  # not a URI
     ["list", "sip:"],
+    ["state", ALICE],  # --event is required
+    ["state", ALICE, "--event", "presence", "--at", "yesterday"],
+    ["state", ALICE, "--event", "presence", "--at", "nan"],
 ])
 def test_bad_arguments_are_one_line_and_a_usage_error(esc, args, store_url):
     result = esc(*args, env={"ESC_STORE": store_url})
