@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forever", action="store_true", help="keep waiting for new events")
     p.add_argument("--consumer", help="track and resume this consumer's position")
     p.add_argument("--poll", type=float, default=0.2, help="seconds between polls (--forever)")
-    add_store(p)
+    # Its output is always JSON lines; --json is accepted like every other command's.
+    add_store(p), add_json(p)
 
     p = commands.add_parser("verify", help="replay the events and compare with the live view")
     add_store(p), add_json(p)

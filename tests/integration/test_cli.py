@@ -140,6 +140,9 @@ def test_follow_after_a_position_as_json_lines(esc, filled):
     after = esc("follow", "--after", "4", "--store", filled["url"])
     assert after.returncode == 0
     assert [json.loads(line) for line in after.stdout.splitlines()] == everything[4:]
+    # --json is accepted like every other command's, with the same output
+    as_json = esc("follow", "--after", "4", "--json", "--store", filled["url"])
+    assert as_json.returncode == 0 and as_json.stdout == after.stdout
 
     # a named consumer resumes where it stopped
     env = {"ESC_STORE": filled["url"]}
