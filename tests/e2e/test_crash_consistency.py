@@ -95,6 +95,16 @@ def start_sipp(server: RunningServer, workdir: Path, workload: Path) -> subproce
                             stderr=subprocess.STDOUT)
 
 
+def wait_for_sipp(sipp: subprocess.Popen) -> None:
+    """Wait for SIPp to finish its calls; fail (and stop it) if it takes too long."""
+    try:
+        sipp.wait(timeout=LOAD_SECONDS + 60)
+    except subprocess.TimeoutExpired:
+        sipp.kill()
+        sipp.wait()
+        pytest.fail("SIPp did not finish in time")
+
+
 def kill_while_starting(server: RunningServer, delay: float) -> None:
     """Start `esc serve` as `server` was started (same port, same store) and SIGKILL it
     `delay` seconds later, ready or not."""
@@ -163,12 +173,7 @@ def test_kill_9_under_load_keeps_every_acknowledged_tag(tmp_path, seed):
             server = start_server(tmp_path, "--min-expires", "1", transports=("udp",),
                                   port=port, store=server.store)
             up_at = time.time()
-        try:
-            sipp.wait(timeout=LOAD_SECONDS + 60)
-        except subprocess.TimeoutExpired:
-            sipp.kill()
-            sipp.wait()
-            pytest.fail("SIPp did not finish in time")
+        wait_for_sipp(sipp)
         assert server.process.poll() is None, "the server died on its own"
     finally:
         if sipp.poll() is None:

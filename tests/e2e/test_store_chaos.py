@@ -17,8 +17,8 @@ import time
 import pytest
 
 from .conftest import start_server
-from .test_crash_consistency import (LOAD_SECONDS, audit, kill_schedule, read_acks,
-                                     read_events, start_sipp, write_workload)
+from .test_crash_consistency import (audit, kill_schedule, read_acks, read_events,
+                                     start_sipp, wait_for_sipp, write_workload)
 from .test_resilience import publish_until_200, store_pid
 
 pytestmark = pytest.mark.e2e
@@ -48,12 +48,7 @@ def test_kill_9_of_the_store_process_under_load_loses_nothing_and_heals(tmp_path
             heal_times.append(publish_until_200(server, 5.0))
             assert store_pid(server) != old
             assert server.process.poll() is None, "the server died with its store"
-        try:
-            sipp.wait(timeout=LOAD_SECONDS + 60)
-        except subprocess.TimeoutExpired:
-            sipp.kill()
-            sipp.wait()
-            pytest.fail("SIPp did not finish in time")
+        wait_for_sipp(sipp)
     finally:
         if sipp.poll() is None:
             sipp.kill()
