@@ -13,11 +13,15 @@ from .publication import EVENT_TYPES, Audit, Publication, body_hash
 from .requests import Classified, ExpiryPolicy, Operation, PublishRequest, classify
 from .resource import (InvalidResource, address_of_record, other_address_of_record,
                        sip_address_of_record)
+from .subscription import (SUBSCRIPTION_EVENT_TYPES, CSeqOutOfOrder, NoMoreNotifies, Notify,
+                           NotifyTarget, Subscription, SubscriptionNotActive)
 
 __all__ = [
     "Audit", "BUILT_IN", "BadEvent", "Classified", "Composer", "Composition",
     "CompositorError", "Contribution", "compose_dialog_info", "compose_newest",
     "compose_presence", "dialog_composer", "newest_composer", "presence_composer",
+    "CSeqOutOfOrder", "NoMoreNotifies", "Notify", "NotifyTarget", "SUBSCRIPTION_EVENT_TYPES",
+    "Subscription", "SubscriptionNotActive",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",
