@@ -88,8 +88,6 @@ def add_serve_commands(commands: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace, out) -> int:
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config")}
-    if cli.get("events"):
-        cli["events"] = cli["events"]
     try:
         settings = load_settings(cli, args.config)
         from sip_adapter.aio.server import Listen

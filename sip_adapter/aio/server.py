@@ -81,6 +81,8 @@ class SipServer:
         self.limits = config.limits
         self.service = SipService(config.service, random_bytes=random_bytes,
                                   wall_clock=wall_clock)
+        # One Retry-After for every 503 the store's absence causes.
+        self.service.unavailable_retry_after = config.gateway.retry_after
         self.announce = announce
         self.accepting = False
         self.bound: list[tuple[Listen, int]] = []

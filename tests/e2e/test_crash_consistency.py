@@ -105,6 +105,14 @@ def wait_for_sipp(sipp: subprocess.Popen) -> None:
         pytest.fail("SIPp did not finish in time")
 
 
+def stop_load(sipp: subprocess.Popen, server: RunningServer) -> int:
+    """Stop SIPp if it still runs, then the server (SIGTERM); the server's exit code."""
+    if sipp.poll() is None:
+        sipp.kill()
+        sipp.wait()
+    return server.stop()
+
+
 def kill_while_starting(server: RunningServer, delay: float) -> None:
     """Start `esc serve` as `server` was started (same port, same store) and SIGKILL it
     `delay` seconds later, ready or not."""
@@ -176,10 +184,7 @@ def test_kill_9_under_load_keeps_every_acknowledged_tag(tmp_path, seed):
         wait_for_sipp(sipp)
         assert server.process.poll() is None, "the server died on its own"
     finally:
-        if sipp.poll() is None:
-            sipp.kill()
-            sipp.wait()
-        stopped = server.stop()
+        stopped = stop_load(sipp, server)
     assert stopped == 0, "graceful stop after the load should exit 0"
     lifetimes.append((up_at, time.time()))
 

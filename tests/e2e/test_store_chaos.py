@@ -17,7 +17,8 @@ import pytest
 
 from .conftest import start_server
 from .test_crash_consistency import (audit, kill_schedule, read_acks, read_events,
-                                     start_sipp, wait_for_sipp, write_workload)
+                                     start_sipp, stop_load, wait_for_sipp,
+                                     write_workload)
 from .test_resilience import publish_until_200, store_pid
 
 pytestmark = pytest.mark.e2e
@@ -49,10 +50,7 @@ def test_kill_9_of_the_store_process_under_load_loses_nothing_and_heals(tmp_path
             assert server.process.poll() is None, "the server died with its store"
         wait_for_sipp(sipp)
     finally:
-        if sipp.poll() is None:
-            sipp.kill()
-            sipp.wait()
-        stopped = server.stop()
+        stopped = stop_load(sipp, server)
     assert stopped == 0, "graceful stop after the load should exit 0"
     assert all(t < 5.0 for t in heal_times), heal_times
     print(f"served again after each store death within: {heal_times}")
