@@ -7,6 +7,8 @@ from .errors import (BadEvent, CompositorError, ConditionalRequestFailed, Interv
                      InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                      UnsupportedMediaType)
 from .etags import compose_etag, publication_id_of
+from .notification import (NotifyJob, NotifyOutcome, SubscribeRequest,
+                           SubscriptionPolicy)
 from .packages import (BUILT_IN, DEFAULT_PACKAGES, EventPackage, EventPackages,
                        custom_package)
 from .publication import EVENT_TYPES, Audit, Publication, body_hash
@@ -21,7 +23,8 @@ __all__ = [
     "CompositorError", "Contribution", "compose_dialog_info", "compose_newest",
     "compose_presence", "dialog_composer", "newest_composer", "presence_composer",
     "CSeqOutOfOrder", "NoMoreNotifies", "Notify", "NotifyTarget", "SUBSCRIPTION_EVENT_TYPES",
-    "Subscription", "SubscriptionNotActive",
+    "Subscription", "SubscriptionNotActive", "NotifyJob", "NotifyOutcome",
+    "SubscribeRequest", "SubscriptionPolicy",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",

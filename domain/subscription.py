@@ -120,12 +120,15 @@ class Subscription(Aggregate):
                   remote_tag: str, local_tag: str, watcher_uri: str, watcher_contact: str,
                   route_set: Sequence[str], remote_cseq: int, transport: str, host: str,
                   port: int, expires_at: float, now: float, identity: str | None = None,
-                  local_cseq: int = 0) -> "Subscription":
+                  local_cseq: int = 0, event_id: str | None = None,
+                  owner: str | None = None) -> "Subscription":
         """Create the subscription of an initial SUBSCRIBE. `remote_tag` is the watcher's
         From tag, `local_tag` our To tag; `transport`, `host` and `port` are where the
         SUBSCRIBE came from; `local_cseq` is the CSeq before our first NOTIFY's (any start
         value the caller picks; the first NOTIFY uses `local_cseq + 1`). A fetch (Expires:
-        0) creates no subscription: `expires_at` must lie in the future."""
+        0) creates no subscription: `expires_at` must lie in the future. `event_id` is the
+        Event header's id parameter (RFC 6665 section 8.2.1), echoed in every NOTIFY;
+        `owner` names the node that sends its NOTIFYs."""
         if expires_at <= now:
             raise ValueError("a subscription must expire in the future")
         if not (call_id and remote_tag and local_tag):
@@ -141,6 +144,7 @@ class Subscription(Aggregate):
             watcher_contact=watcher_contact, route_set=list(route_set),
             remote_cseq=remote_cseq, local_cseq=local_cseq, transport=transport, host=host,
             port=port, expires_at=expires_at, identity=identity, at=now,
+            event_id=event_id, owner=owner,
         )
 
     class Subscribed(Created):
@@ -161,12 +165,15 @@ class Subscription(Aggregate):
         expires_at: float
         identity: str | None
         at: float
+        event_id: str | None
+        owner: str | None
 
     @event(Subscribed)
     def __init__(self, *, aor: str, event_package: str, call_id: str, remote_tag: str,
                  local_tag: str, watcher_uri: str, watcher_contact: str, route_set: list[str],
                  remote_cseq: int, local_cseq: int, transport: str, host: str, port: int,
-                 expires_at: float, identity: str | None, at: float) -> None:
+                 expires_at: float, identity: str | None, at: float,
+                 event_id: str | None = None, owner: str | None = None) -> None:
         self.aor = aor
         self.event_package = event_package
         self.call_id = call_id
@@ -183,6 +190,11 @@ class Subscription(Aggregate):
         self.port = port
         self.expires_at = expires_at
         self.identity = identity
+        self.event_id = event_id
+        self.owner = owner
+        # The change-feed position the last NOTIFY's state covered: a change at or before
+        # it has been told to this watcher (the notifier's exactly-once rule).
+        self.notified_position = 0
         self.notify_count = 0  # NOTIFYs recorded: also the next dialog-info version
         self.state = ACTIVE
         self.reason: str | None = None
@@ -238,24 +250,27 @@ class Subscription(Aggregate):
         self.remote_cseq = remote_cseq
         self.updated_at = at
 
-    def notified(self, now: float) -> Notify:
+    def notified(self, now: float, position: int = 0) -> Notify:
         """Record the NOTIFY about to be sent and return its CSeq and dialog-info version;
         save before sending, so a restart never reuses either. Allowed while active, and
         once more after termination for the final NOTIFY (Subscription-State:
-        terminated). A lapsed subscription is expired first (`expire`)."""
+        terminated). A lapsed subscription is expired first (`expire`). `position` is the
+        change-feed position whose state this NOTIFY carries."""
         if self.final_notified:
             raise NoMoreNotifies()
         if self.is_lapsed(now):
             raise SubscriptionNotActive(TIMEOUT)
         notify = self.next_notify()
         self._notified(aor=self.aor, event_package=self.event_package, cseq=notify.cseq,
-                       version=notify.version, final=notify.final, at=now)
+                       version=notify.version, final=notify.final, at=now,
+                       position=max(position, self.notified_position))
         return notify
 
     @event("Notified", topic="esc:Subscription.Notified")
     def _notified(self, *, aor: str, event_package: str, cseq: int, version: int,
-                  final: bool, at: float) -> None:
+                  final: bool, at: float, position: int = 0) -> None:
         self.local_cseq = cseq
+        self.notified_position = position
         self.notify_count = version + 1
         self.final_notified = final
         self.updated_at = at
