@@ -15,6 +15,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from domain import BUILT_IN, InvalidResource
 from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
+from infrastructure.records import SubscriptionRow
 from infrastructure.store_url import redact_url
 
 from .bootstrap import open_compositor
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("history", help="the audit trail of a resource, one line per event")
     p.add_argument("aor"), p.add_argument("--event")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("watchers", help="subscriptions to a resource (or to all), "
+                                             "one line each")
+    p.add_argument("aor", nargs="?"), p.add_argument("--event")
+    p.add_argument("--all", action="store_true",
+                   help="ended and expired subscriptions too")
     add_store(p), add_json(p)
 
     p = commands.add_parser("state", help="the composed state of a resource, now or at a "
@@ -128,6 +136,18 @@ def history_line(r: EventRecord) -> str:
     return "  ".join(parts)
 
 
+def watcher_line(row: SubscriptionRow, now: float) -> str:
+    host = f"[{row.host}]" if ":" in row.host else row.host  # an IPv6 literal
+    if row.state != "active":
+        status = f"ended {iso(row.terminated_at)} ({row.reason or '-'})"
+    elif row.expires_at > now:
+        status = f"expires in {math.ceil(row.expires_at - now)} s"
+    else:
+        status = f"lapsed {math.floor(now - row.expires_at)} s ago"
+    return "  ".join([row.aor, row.event, row.watcher_uri, f"{row.transport} {host}:{row.port}",
+                      row.state, status, f"user {row.identity or '-'}"])
+
+
 def cmd_find(args, out) -> int:
     with opened(args) as compositor:
         found = compositor.find(args.aor, args.etag, args.event)
@@ -156,6 +176,20 @@ def cmd_history(args, out) -> int:
         out(json.dumps(record.as_json()) if args.json else history_line(record))
     if not records and not args.json:
         print(f"no history for {args.aor}", file=sys.stderr)
+    return 0
+
+
+def cmd_watchers(args, out) -> int:
+    if args.event is not None and not args.event.split(";", 1)[0].strip():
+        raise CommandError("--event needs an event package name")
+    with opened(args) as compositor:
+        now = compositor.now()
+        rows = compositor.watchers(args.aor, args.event, include_ended=args.all, now=now)
+    if args.json:
+        out(json.dumps([row.as_json() for row in rows]))
+    else:
+        for row in rows:
+            out(watcher_line(row, now))
     return 0
 
 
@@ -304,7 +338,7 @@ def one_line(error: BaseException) -> str:
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "find": cmd_find, "list": cmd_list, "history": cmd_history, "state": cmd_state,
-    "follow": cmd_follow,
+    "watchers": cmd_watchers, "follow": cmd_follow,
     "verify": cmd_verify, "clear": cmd_clear, "migrate": cmd_migrate,
 }
 

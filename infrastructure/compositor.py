@@ -12,7 +12,7 @@ This class only opens and composes the parts, each a module of its own:
     application.py  the event store (an eventsourcing Application of Publications)
     commands.py     the command side: decide and save a batch, expire what is due
     projection.py   the current-state view (view.py) and its tracking
-    queries.py      find, publications, list, compose, state, history, feed
+    queries.py      find, publications, list, compose, state, history, feed, watchers
 
 Writes are serialised by one lock (the application's) and committed in groups:
 `process_many` decides a batch of requests in arrival order, saves every touched aggregate
@@ -38,7 +38,7 @@ from .feed import FeedConsumer
 from .projection import PAGE, CurrentState
 from .queries import ComposedState, Queries
 from .random_pool import RandomPool
-from .records import Accepted, EventRecord, Found
+from .records import Accepted, EventRecord, Found, SubscriptionRow
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
 from .view import CurrentStateView
 
@@ -223,6 +223,14 @@ class Compositor:
     def feed(self, after: int = 0, limit: int | None = None,
              page: int = 500) -> Iterator[EventRecord]:
         return self.queries.feed(after, limit, page)
+
+    def watchers(self, aor: str | None = None, event: str | None = None, *,
+                 include_ended: bool = False, now: float | None = None
+                 ) -> list[SubscriptionRow]:
+        """The subscriptions to a resource (or to every resource), from the view: those
+        active at `now` (not terminated, not expired), or every one ever made, ended ones
+        included, with `include_ended`. Ordered by aor, event, subscribed_at, id."""
+        return self.queries.watchers(aor, event, include_ended, self.now(now))
 
     def consumer(self, name: str) -> FeedConsumer:
         """A named, tracked reader of the change feed that resumes where it stopped."""

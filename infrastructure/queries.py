@@ -8,7 +8,8 @@
   (replayed from its history);
 - `history`: every event of every publication a resource ever had, from the event store,
   found through the view's index of resources;
-- `feed`: every event in the store's one global order, from its notification log.
+- `feed`: every event in the store's one global order, from its notification log;
+- `watchers`: the subscriptions to resources, from the view (ended ones on request).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from domain.packages import EventPackage
 
 from .application import EscApplication
 from .projection import CurrentState
-from .records import EventRecord, Found, event_record
+from .records import EventRecord, Found, SubscriptionRow, event_record
 from .view import LivePublication
 
 
@@ -111,6 +112,16 @@ class Queries:
         streams = [list(self.app.events.get(UUID(hex=i))) for i in ids]
         merged = heapq.merge(*streams, key=lambda e: (e.at, e.timestamp))
         return [event_record(domain_event) for domain_event in merged]
+
+    def watchers(self, aor: str | None, event: str | None, include_ended: bool,
+                 now: float) -> list[SubscriptionRow]:
+        """Subscriptions, of one resource or of all, of one package or of all: the active
+        ones (not terminated, not expired at `now`), or every one ever made when
+        `include_ended`."""
+        self.projection.follow()
+        return self.view.subscriptions(
+            address_of_record(aor) if aor else None, package_name(event),
+            active_only=not include_ended, now=None if include_ended else now)
 
     def feed(self, after: int = 0, limit: int | None = None,
              page: int = 500) -> Iterator[EventRecord]:

@@ -1,4 +1,5 @@
-"""What the compositor hands back: acknowledgements, found state, history and feed items."""
+"""What the compositor hands back: acknowledgements, found state, history and feed items,
+and subscriptions (watchers) as the current-state view holds them."""
 
 from __future__ import annotations
 
@@ -29,6 +30,40 @@ class Found:
     expires_at: float
     id: str
     version: int
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """One subscription (a watcher of a resource), as the view's `subscriptions` table
+    holds it: the latest state its events describe. Kept after it has ended (`state`
+    "terminated", `reason` and `terminated_at` say why and when)."""
+
+    id: str  # the Subscription aggregate's id (hex)
+    aor: str
+    event: str  # the event package
+    event_id: str | None  # the Event header's id parameter
+    call_id: str
+    remote_tag: str  # the watcher's From tag
+    local_tag: str  # our To tag
+    watcher_uri: str
+    watcher_contact: str
+    identity: str | None
+    owner: str | None  # the node that sends its NOTIFYs
+    transport: str  # where NOTIFYs go: the address the SUBSCRIBE came from
+    host: str
+    port: int
+    state: str  # "active" or "terminated"
+    reason: str | None  # the RFC 6665 reason it ended with
+    expires_at: float
+    subscribed_at: float
+    updated_at: float
+    terminated_at: float | None
+    notify_count: int  # NOTIFYs recorded
+    last_cseq: int  # the CSeq of the last NOTIFY recorded (the start value before any)
+    version: int  # the aggregate version of the last event applied
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The current-state view: one row per live publication, kept with sqlite-utils.
+"""The current-state view: one row per live publication and per subscription, kept with
+sqlite-utils.
 
 It is a projection of the event store and nothing more: it can be deleted and rebuilt at
 any time. Each transaction that applies events also advances a tracking record (the last
@@ -11,6 +12,10 @@ Tables:
                   version, published_at, updated_at; indexed by (aor, event) and expires_at
     resources     every publication ever made (id, aor, event, published_at): how history
                   finds the aggregates of a resource, including ended ones
+    subscriptions every subscription (watcher) ever made, from the Subscription events in the
+                  same notification log: its dialog, where NOTIFYs go, state ("active" or
+                  "terminated", kept after it ends), reason, expiry and NOTIFY counters;
+                  indexed by (aor, event) and (state, expires_at)
     tracking      name -> last applied notification position ("view" for this projection,
                   other names for change-feed consumers)
 
@@ -24,15 +29,20 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Iterator, Sequence
 
 import sqlite_utils
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
 from domain.publication import Publication
+from domain.subscription import ACTIVE, TERMINATED, Subscription
+
+from .records import SubscriptionRow
 
 VIEW = "view"
+
+SUBSCRIPTION_COLUMNS = tuple(f.name for f in fields(SubscriptionRow))
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,25 @@ class CurrentStateView(TrackingRecorder):
             tracking = self.db["tracking"]
             if not tracking.exists():
                 tracking.create({"name": str, "position": int}, pk="name")
+            subscriptions = self.db["subscriptions"]
+            if not subscriptions.exists():
+                subscriptions.create({
+                    "id": str, "aor": str, "event": str, "event_id": str, "call_id": str,
+                    "remote_tag": str, "local_tag": str, "watcher_uri": str,
+                    "watcher_contact": str, "identity": str, "owner": str, "transport": str,
+                    "host": str, "port": int, "state": str, "reason": str,
+                    "expires_at": float, "subscribed_at": float, "updated_at": float,
+                    "terminated_at": float, "notify_count": int, "last_cseq": int,
+                    "version": int,
+                }, pk="id", not_null={"aor", "event", "state", "expires_at", "version"})
+                subscriptions.create_index(["aor", "event"], if_not_exists=True)
+                subscriptions.create_index(["state", "expires_at"], if_not_exists=True)
+                # A view made before this table existed has skipped any Subscription
+                # events it passed: forget its projection (not the consumers' positions),
+                # so that the catch-up on open replays everything into every table.
+                self.db.conn.execute("DELETE FROM publications")
+                self.db.conn.execute("DELETE FROM resources")
+                self.db.conn.execute("DELETE FROM tracking WHERE name = ?", [VIEW])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -176,6 +205,34 @@ class CurrentStateView(TrackingRecorder):
                           version])
         elif isinstance(e, (Publication.Removed, Publication.Expired)):
             conn.execute("DELETE FROM publications WHERE id = ?", [pid])
+        # Subscriptions: a row per subscription, kept when it ends. Like the publications'
+        # updates, each one applies only when the event is newer than the row.
+        elif isinstance(e, Subscription.Subscribed):
+            conn.execute(
+                "INSERT OR IGNORE INTO subscriptions (id, aor, event, event_id, call_id, "
+                "remote_tag, local_tag, watcher_uri, watcher_contact, identity, owner, "
+                "transport, host, port, state, reason, expires_at, subscribed_at, "
+                "updated_at, terminated_at, notify_count, last_cseq, version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL, "
+                "0, ?, ?)",
+                [pid, e.aor, e.event_package, getattr(e, "event_id", None), e.call_id,
+                 e.remote_tag, e.local_tag, e.watcher_uri, e.watcher_contact, e.identity,
+                 getattr(e, "owner", None), e.transport, e.host, e.port, ACTIVE,
+                 e.expires_at, e.at, e.at, e.local_cseq, version])
+        elif isinstance(e, Subscription.Refreshed):
+            conn.execute("UPDATE subscriptions SET expires_at = ?, updated_at = ?, "
+                         "version = ? WHERE id = ? AND version < ?",
+                         [e.expires_at, e.at, version, pid, version])
+        elif isinstance(e, Subscription.Notified):
+            # As the aggregate counts: the dialog-info version of a NOTIFY is the number
+            # recorded before it.
+            conn.execute("UPDATE subscriptions SET notify_count = ?, last_cseq = ?, "
+                         "updated_at = ?, version = ? WHERE id = ? AND version < ?",
+                         [e.version + 1, e.cseq, e.at, version, pid, version])
+        elif isinstance(e, Subscription.Terminated):
+            conn.execute("UPDATE subscriptions SET state = ?, reason = ?, terminated_at = ?, "
+                         "updated_at = ?, version = ? WHERE id = ? AND version < ?",
+                         [TERMINATED, e.reason, e.at, e.at, version, pid, version])
 
     def reset(self, *, consumers: bool = True) -> None:
         """Forget the projection (a rebuild starts) and, unless `consumers` is false, the
@@ -183,6 +240,7 @@ class CurrentStateView(TrackingRecorder):
         with self.transaction() as conn:
             conn.execute("DELETE FROM publications")
             conn.execute("DELETE FROM resources")
+            conn.execute("DELETE FROM subscriptions")
             if consumers:
                 conn.execute("DELETE FROM tracking")
             else:
@@ -241,8 +299,52 @@ class CurrentStateView(TrackingRecorder):
             return [row[0] for row in self.db.execute(sql + " ORDER BY published_at, id",
                                                       params).fetchall()]
 
+    def subscriptions(self, aor: str | None = None, event: str | None = None, *,
+                      active_only: bool = True, now: float | None = None,
+                      owner: str | None = None) -> list[SubscriptionRow]:
+        """Subscriptions, of one resource or of all, of one package or of all, of one owner
+        node or of all (`owner` None: no filter). `active_only`: not terminated and, when
+        `now` is given, not yet expired. Ordered by aor, event, subscribed_at, id."""
+        clauses, params = ["1"], list[Any]()
+        if aor is not None:
+            clauses.append("aor = ?")
+            params.append(aor)
+        if event is not None:
+            clauses.append("event = ?")
+            params.append(event)
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if active_only:
+            clauses.append("state = ?")
+            params.append(ACTIVE)
+            if now is not None:
+                clauses.append("expires_at > ?")
+                params.append(now)
+        sql = (f"SELECT {', '.join(SUBSCRIPTION_COLUMNS)} FROM subscriptions "
+               f"WHERE {' AND '.join(clauses)} ORDER BY aor, event, subscribed_at, id")
+        with self._lock:
+            rows = self.db.execute(sql, params).fetchall()
+        return [SubscriptionRow(*row) for row in rows]
+
+    def active_subscription_ids(self, owner: str | None = None
+                                ) -> list[tuple[str, str, str, float]]:
+        """(id, aor, event, expires_at) of every subscription not terminated, of one owner
+        node or of all (`owner` None), lapsed ones included (they are due an `expire`):
+        what a notifier loads when it starts. Earliest expiry first."""
+        sql, params = "SELECT id, aor, event, expires_at FROM subscriptions WHERE state = ?", \
+            [ACTIVE]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY expires_at, id", params).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
     def snapshot(self) -> dict[str, tuple]:
-        """Every live row as comparable tuples (for `esc verify`)."""
+        """Every live row as comparable tuples (for `esc verify`). Publications only: the
+        subscriptions table is projected from the same events in the same transactions,
+        but `verify` does not compare it (yet)."""
         with self._lock:
             rows = self.db.execute(
                 "SELECT id, aor, event, etag, content_type, body, expires_at, version "
