@@ -7,7 +7,7 @@ from .errors import (BadEvent, CompositorError, ConditionalRequestFailed, Interv
                      InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                      UnsupportedMediaType)
 from .etags import compose_etag, publication_id_of
-from .notification import (NotifyJob, NotifyOutcome, SubscribeRequest,
+from .notification import (NotifyJob, NotifyOutcome, SubscribeAccepted, SubscribeRequest,
                            SubscriptionPolicy)
 from .packages import (BUILT_IN, DEFAULT_PACKAGES, EventPackage, EventPackages,
                        custom_package)
@@ -24,7 +24,7 @@ __all__ = [
     "compose_presence", "dialog_composer", "newest_composer", "presence_composer",
     "CSeqOutOfOrder", "NoMoreNotifies", "Notify", "NotifyTarget", "SUBSCRIPTION_EVENT_TYPES",
     "Subscription", "SubscriptionNotActive", "NotifyJob", "NotifyOutcome",
-    "SubscribeRequest", "SubscriptionPolicy",
+    "SubscribeAccepted", "SubscribeRequest", "SubscriptionPolicy",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",
     "MissingBody", "Operation", "Publication", "PublishRequest", "StoreUnavailable",

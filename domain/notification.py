@@ -105,6 +105,18 @@ class NotifyJob:
 
 
 @dataclass(frozen=True)
+class SubscribeAccepted:
+    """The notifier's answer to a SUBSCRIBE it accepted (200): the subscription (empty for
+    a fetch, which keeps none), our To tag, the expiry granted (0: it ended), and the
+    NOTIFY to send now (None when one is in flight: it follows that one)."""
+
+    subscription_id: str
+    local_tag: str
+    expires: int
+    notify: NotifyJob | None = None
+
+
+@dataclass(frozen=True)
 class NotifyOutcome:
     """What became of a NOTIFY: its final response's status (408 when no response came
     before Timer F, or it could not be sent) and its Retry-After, if any."""

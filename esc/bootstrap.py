@@ -8,8 +8,9 @@ import signal
 import time
 from typing import Any
 
-from domain import EventPackages
+from domain import EventPackages, SubscriptionPolicy
 from infrastructure import Compositor
+from infrastructure.notifier import NotifierConfig
 from infrastructure.random_pool import RandomPool
 from infrastructure.store_process import StoreProcess
 from infrastructure.store_url import redact_url
@@ -43,11 +44,20 @@ async def serve(settings, listens) -> int:
                    min_expires=settings.min_expires, max_expires=settings.max_expires,
                    cache_size=settings.cache_size, max_per_resource=settings.max_per_resource)
 
+    notifier = None
+    if settings.max_subscriptions:
+        notifier = NotifierConfig(
+            policy=SubscriptionPolicy(default_expires=settings.max_subscribe_expires,
+                                      min_expires=settings.min_subscribe_expires,
+                                      max_expires=settings.max_subscribe_expires),
+            node=settings.node or None, max_subscriptions=settings.max_subscriptions)
+
     def start_store_process():
-        # The compositor and its expiry scheduler run in a process of their own, so parsing
-        # and committing use both cores (see infrastructure/store_process.py); the server's
-        # gateway starts it again whenever it dies.
-        return StoreProcess.start(settings.store, **options)
+        # The compositor, its expiry scheduler and the notifier run in a process of their
+        # own, so parsing and committing use both cores (see
+        # infrastructure/store_process.py); the server's gateway starts it again whenever
+        # it dies.
+        return StoreProcess.start(settings.store, notifier=notifier, **options)
 
     authenticator, policy = _authentication(settings)
     if authenticator is None:
@@ -63,7 +73,8 @@ async def serve(settings, listens) -> int:
                             rate_burst=settings.rate_burst,
                             max_body_per_package=tuple(package_body_limits(settings).items()),
                             max_transactions=settings.max_transactions,
-                            max_transaction_bytes=settings.max_transaction_bytes)
+                            max_transaction_bytes=settings.max_transaction_bytes,
+                            subscribe=notifier is not None)
     limits = Limits(max_message_size=settings.max_message_size,
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,

@@ -47,6 +47,11 @@ class ServeSettings:
     store_timeout: float = 5.0  # a batch unanswered this long: the store is restarted
     max_transactions: int = 400_000  # transactions kept for retransmissions; beyond it 503
     max_transaction_bytes: int = 512 * 1024 * 1024  # their size in bytes; beyond it 503
+    # the notifier (SUBSCRIBE/NOTIFY for watchers)
+    max_subscriptions: int = 100_000  # active subscriptions held; beyond it 503; 0: no SUBSCRIBE
+    min_subscribe_expires: int = 60  # a shorter non-zero SUBSCRIBE gets 423 with Min-Expires
+    max_subscribe_expires: int = 3600  # a longer one is shortened; also the default
+    node: str = ""  # this node's name (PostgreSQL, several nodes): it notifies what it owns
     # authentication, authorization, TLS
     auth_file: str = ""
     realm: str = ""
@@ -61,7 +66,8 @@ LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms"}
 INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size",
                 "max_message_size", "max_headers", "max_header_length", "max_per_resource",
                 "max_tcp_connections", "max_queue", "max_queue_bytes", "max_transactions",
-                "max_transaction_bytes",
+                "max_transaction_bytes", "max_subscriptions", "min_subscribe_expires",
+                "max_subscribe_expires",
                 "max_list_elements", "max_params"}
 FLOAT_SETTINGS = {"tcp_idle_timeout", "tcp_read_timeout", "rate_limit", "rate_burst",
                   "nonce_lifetime", "max_queue_wait", "store_timeout"}
@@ -162,6 +168,11 @@ def validate(settings: ServeSettings) -> None:
     bad = [a for a in settings.auth_algorithms if a.upper() not in ("SHA-256", "MD5")]
     if bad or not settings.auth_algorithms:
         raise ConfigError("--auth-algorithms takes SHA-256 and/or MD5")
+    if settings.max_subscriptions < 0:
+        raise ConfigError("--max-subscriptions must be 0 (no SUBSCRIBE) or more")
+    if not 1 <= settings.min_subscribe_expires <= settings.max_subscribe_expires:
+        raise ConfigError("--min-subscribe-expires must be at least 1 and not more than "
+                          "--max-subscribe-expires")
     if settings.policy_file and not settings.auth_file:
         raise ConfigError("--policy-file needs --auth-file (authorization follows authentication)")
 

@@ -57,6 +57,16 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--store-timeout", type=float,
                    help="seconds without an answer from the store process before it is "
                         "restarted (5)")
+    p.add_argument("--max-subscriptions", type=int,
+                   help="most active subscriptions (watchers); beyond it 503; 0 turns "
+                        "SUBSCRIBE off (100000)")
+    p.add_argument("--min-subscribe-expires", type=int,
+                   help="shortest subscription granted; shorter gets 423 (60 s)")
+    p.add_argument("--max-subscribe-expires", type=int,
+                   help="longest subscription granted, and the default (3600 s)")
+    p.add_argument("--node",
+                   help="this node's name when several share a PostgreSQL store: it sends "
+                        "the NOTIFYs of the subscriptions it owns")
     p.add_argument("--max-transactions", type=int,
                    help="most transactions kept for retransmissions; beyond it 503 (400000)")
     p.add_argument("--max-transaction-bytes", type=int,

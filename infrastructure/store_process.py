@@ -27,9 +27,9 @@ import pickle
 import signal
 import struct
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from domain import PublishRequest
+from domain import NotifyJob, NotifyOutcome, PublishRequest, SubscribeRequest
 
 from .committer import Result, unavailable
 
@@ -49,7 +49,7 @@ def _die_with_parent() -> None:
 
 
 def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
-                log_level: int) -> None:
+                log_level: int, notifier_config: Any = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -58,56 +58,91 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     from .compositor import Compositor
     from .expiry import ExpiryScheduler
     from .gc_tuning import tune_for_throughput
+    from .notifier import Notifier
+    from .store_worker import StoreWorker
 
     try:
         compositor = Compositor.open(url, **options)
+        notifier = Notifier(compositor, notifier_config) if notifier_config else None
     except Exception as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
+    worker = StoreWorker(compositor, notifier)
     scheduler = ExpiryScheduler(compositor).start() if expiry else None
     # Start-up objects frozen, default thresholds: with the SIP process's larger threshold
     # this process ended the million-publication benchmark 40 MB larger (cause not found;
     # see gc_tuning.py).
     tune_for_throughput(young_threshold=None)
     conn.send(("ready", None))
+
+    def send_notifies(jobs: list[Any]) -> None:
+        if jobs:
+            conn.send(("notify", jobs))
+
     try:
-        stopping = False
-        while not stopping:
-            try:
-                batch = conn.recv()
-            except EOFError:
-                break
-            if batch is None:
-                break
-            # Batches that queued up in the pipe while the last one committed are decided
-            # and committed together (one transaction, one fsync), in order, each still
-            # answered on its own. Under load this grows the group commit by itself.
-            batches = [batch]
-            waiting = len(batch[1])
-            while waiting < MAX_MERGED_REQUESTS and conn.poll(0):
-                try:
-                    more = conn.recv()
-                except EOFError:
-                    stopping = True
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batches.append(more)
-                waiting += len(more[1])
-            requests = [r for _, batch_requests in batches for r in batch_requests]
-            # Answer as soon as the batch is durable; the read model follows before the
-            # next batch is decided (its per-resource limit reads the view).
-            results, recordings = compositor.commit_many(requests)
-            start = 0
-            for sequence, batch_requests in batches:
-                conn.send((sequence, results[start:start + len(batch_requests)]))
-                start += len(batch_requests)
-            compositor.project(recordings)
+        _serve(conn, worker, send_notifies)
     finally:
         if scheduler is not None:
             scheduler.stop()
         compositor.close()
+
+
+def _serve(conn: Any, worker: Any, send_notifies: Any) -> None:
+    """The store process's loop: batches in, answers out; NOTIFY outcomes in, NOTIFYs out;
+    the notifier's timer in between."""
+    import time
+
+    later: list[Any] = []  # messages read while merging batches, handled next
+    while True:
+        if later:
+            message = later.pop(0)
+        else:
+            deadline = worker.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            if not conn.poll(timeout):
+                send_notifies(worker.tick())
+                continue
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+        if message is None:
+            return
+        if message[0] == "outcomes":
+            send_notifies(worker.outcomes(message[1]))
+            continue
+        # Batches that queued up in the pipe while the last one committed are decided
+        # and committed together (one transaction, one fsync), in order, each still
+        # answered on its own. Under load this grows the group commit by itself.
+        batches = [message]
+        waiting = len(message[1])
+        stopping = False
+        while waiting < MAX_MERGED_REQUESTS and conn.poll(0):
+            try:
+                more = conn.recv()
+            except EOFError:
+                stopping = True
+                break
+            if more is None:
+                stopping = True
+                break
+            if more[0] == "outcomes":
+                later.append(more)
+                continue
+            batches.append(more)
+            waiting += len(more[1])
+        requests = [r for _, batch_requests in batches for r in batch_requests]
+        # Answer as soon as the batch is durable; the read model follows before the
+        # next batch is decided (its per-resource limit reads the view), then the
+        # notifier turns the new events into NOTIFYs.
+        results, recordings = worker.decide(requests)
+        start = 0
+        for sequence, batch_requests in batches:
+            conn.send((sequence, results[start:start + len(batch_requests)]))
+            start += len(batch_requests)
+        send_notifies(worker.after(recordings))
+        if stopping:
+            return
 
 
 class StoreProcess:
@@ -128,6 +163,8 @@ class StoreProcess:
         self._sequence = 0
         self._pending: dict[int, tuple[asyncio.Future[list[Result]], int]] = {}
         self._failure: asyncio.Future[str] = loop.create_future()
+        # Where the NOTIFYs the store's notifier produces go (the server's sender).
+        self.notify_sink: Callable[[list[NotifyJob]], None] | None = None
         self._inbox = bytearray()
         self._outbox = bytearray()
         self._fd = conn.fileno()
@@ -135,12 +172,14 @@ class StoreProcess:
         loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
-    async def start(cls, url: str, *, expiry: bool = True, **options: Any) -> "StoreProcess":
+    async def start(cls, url: str, *, expiry: bool = True, notifier: Any = None,
+                    **options: Any) -> "StoreProcess":
         """Start the child, wait (off the loop) until its store is open. A store that cannot
-        be opened raises RuntimeError with the child's one-line reason."""
+        be opened raises RuntimeError with the child's one-line reason. `notifier`: a
+        NotifierConfig to run the notifier in the child (None: no SUBSCRIBE service)."""
         loop = asyncio.get_running_loop()
         process, conn = await loop.run_in_executor(
-            None, lambda: _spawn(url, options, expiry))
+            None, lambda: _spawn(url, options, expiry, notifier))
         return cls(process, conn, loop)
 
     @property
@@ -151,7 +190,8 @@ class StoreProcess:
     def failure(self) -> asyncio.Future[str]:
         return self._failure
 
-    def submit(self, requests: Sequence[PublishRequest]) -> asyncio.Future[list[Result]]:
+    def submit(self, requests: Sequence[PublishRequest | SubscribeRequest]
+               ) -> asyncio.Future[list[Result]]:
         future: asyncio.Future[list[Result]] = self._loop.create_future()
         requests = list(requests)
         if self._failure.done():
@@ -167,6 +207,13 @@ class StoreProcess:
         self._pending[self._sequence] = (future, len(requests))
         self._write(struct.pack("!i", len(payload)) + bytes(payload))
         return future
+
+    def report(self, outcomes: Sequence[NotifyOutcome]) -> None:
+        """Tell the notifier what became of its NOTIFYs (no answer is expected)."""
+        if self._failure.done() or not outcomes:
+            return
+        payload = ForkingPickler.dumps(("outcomes", list(outcomes)))
+        self._write(struct.pack("!i", len(payload)) + bytes(payload))
 
     def _write(self, frame: bytes) -> None:
         if self._outbox:  # the pipe was full: keep the order, the writer callback drains
@@ -222,6 +269,9 @@ class StoreProcess:
             except Exception as error:
                 self._fail(f"unreadable answer: {error}")
                 return
+            if sequence == "notify":
+                self._deliver_notifies(results)
+                continue
             expected = min(self._pending) if self._pending else None
             entry = self._pending.pop(sequence, None) if sequence == expected else None
             if entry is None or len(results) != entry[1]:
@@ -229,6 +279,15 @@ class StoreProcess:
                 return
             if not entry[0].done():
                 entry[0].set_result(results)
+
+    def _deliver_notifies(self, jobs: list[NotifyJob]) -> None:
+        sink = self.notify_sink
+        if sink is None:
+            return
+        try:
+            sink(jobs)
+        except Exception:  # the sender's fault must not break the store's pipe
+            log.exception("handing NOTIFYs to the SIP side failed")
 
     def _fail(self, why: str) -> None:
         # Once an exchange has failed part-way the pipe's framing cannot be trusted:
@@ -282,13 +341,14 @@ _NONE_PICKLE = bytes(ForkingPickler.dumps(None))
 _END_FRAME = struct.pack("!i", len(_NONE_PICKLE)) + _NONE_PICKLE
 
 
-def _spawn(url: str, options: dict[str, Any], expiry: bool) -> tuple[Any, Any]:
+def _spawn(url: str, options: dict[str, Any], expiry: bool,
+           notifier: Any = None) -> tuple[Any, Any]:
     """Start the child and wait for its store to open (blocking: run it off the loop)."""
     context = multiprocessing.get_context("spawn")
     conn, child_conn = context.Pipe()
     process = context.Process(
         target=_child_main, name="esc-store", daemon=True,
-        args=(child_conn, url, options, expiry, logging.getLogger().level))
+        args=(child_conn, url, options, expiry, logging.getLogger().level, notifier))
     process.start()
     child_conn.close()
     try:

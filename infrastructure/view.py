@@ -146,6 +146,12 @@ class CurrentStateView(TrackingRecorder):
                                   [name]).fetchone()
         return row[0] if row else 0
 
+    def has_position(self, name: str) -> bool:
+        """Has a consumer of this name recorded a position (0 included)?"""
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM tracking WHERE name = ?",
+                                   [name]).fetchone() is not None
+
     def set_position(self, name: str, position: int) -> None:
         with self.transaction() as conn:
             self._track(conn, name, position)

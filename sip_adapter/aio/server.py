@@ -16,12 +16,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from domain import SubscribeAccepted
 from infrastructure.committer import Committer, Result
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol.messages import Response
 from ..protocol.rate_limit import Verdict
 from ..protocol.routing import Origin
-from ..protocol.service import Outgoing, PendingPublish, ServiceConfig, SipService
+from ..protocol.service import Outgoing, Pending, ServiceConfig, SipService
+from .notify_sender import NotifySender
 from .store_gateway import GatewayConfig, StoreGateway
 from .transport import ServerHooks, TCPProtocol, UDPProtocol
 
@@ -80,7 +83,7 @@ class SipServer:
         self.config = config
         self.limits = config.limits
         self.service = SipService(config.service, random_bytes=random_bytes,
-                                  wall_clock=wall_clock)
+                                  wall_clock=wall_clock, local_address=self.local_address)
         # One Retry-After for every 503 the store's absence causes.
         self.service.unavailable_retry_after = config.gateway.retry_after
         self.announce = announce
@@ -93,6 +96,8 @@ class SipServer:
         self._udp_by_local: dict[tuple[str, int], UDPProtocol] = {}
         self._tcp: list[asyncio.AbstractServer] = []
         self._connections: dict[int, TCPProtocol] = {}  # by serial number
+        self._by_peer: dict[tuple[str, str, int], TCPProtocol] = {}  # NOTIFYs find them
+        self._local_towards: dict[str, str] = {}  # peer IP -> our IP as it sees us
         self._tasks: list[asyncio.Task] = []
         self._transaction_timer: asyncio.TimerHandle | None = None
         self.hooks = ServerHooks(
@@ -100,9 +105,17 @@ class SipServer:
             admit=self.admit, retry_after=self.retry_after, dispatch=self.dispatch,
             connection_opened=self.connection_opened,
             connection_closed=self.connection_closed)
+        self.notify_sender = NotifySender(
+            find_udp=self._udp_for, find_connection=self._connection_to,
+            local_address=self.local_address, random_bytes=random_bytes,
+            report=lambda outcomes: self.gateway.report(outcomes), clock=self.now,
+            call_at=lambda when, callback: self._loop.call_at(when, callback),  # type: ignore[union-attr]
+            call_soon=lambda callback: self._loop.call_soon(callback),  # type: ignore[union-attr]
+            user_agent=config.service.server)
         self.gateway = StoreGateway(start_committer, config.gateway, answer=self._answer,
                                     on_availability=self._store_availability,
-                                    on_give_up=self._give_up, clock=self.now)
+                                    on_give_up=self._give_up,
+                                    on_notifies=self.notify_sender.send, clock=self.now)
 
     def now(self) -> float:
         assert self._loop is not None
@@ -196,6 +209,7 @@ class SipServer:
             task.cancel()
         if self._transaction_timer is not None:
             self._transaction_timer.cancel()
+        self.notify_sender.close()
         for transport in self._udp:
             transport.close()
         for connection in list(self._connections.values()):
@@ -212,6 +226,9 @@ class SipServer:
         return self.service.retry_after(host, self.now())
 
     def dispatch(self, message: Any, origin: Origin, refused: bool = False) -> None:
+        if isinstance(message, Response):  # an answer to one of our NOTIFYs
+            self.notify_sender.on_response(message)
+            return
         now = self.now()
         try:
             received = self.service.receive(message, origin, now, refused=refused)
@@ -228,8 +245,51 @@ class SipServer:
         if self._transaction_timer is None:
             self._arm_transaction_timer()
 
-    def _answer(self, pending: PendingPublish, result: Result) -> None:
+    def _answer(self, pending: Pending, result: Result) -> None:
         self.send(self.service.complete(pending, result, self.now()))
+        if isinstance(result, SubscribeAccepted) and result.notify is not None:
+            # The immediate NOTIFY, after the 200 (RFC 6665 section 4.2.1.1 allows either
+            # order; this one spares the watcher a NOTIFY for a dialog it has not seen).
+            self.notify_sender.send([result.notify])
+
+    # ---- where NOTIFYs go ---------------------------------------------------------------------
+
+    def _udp_for(self, host: str) -> tuple[UDPProtocol, Origin] | None:
+        """A UDP socket of the family of `host` to send a NOTIFY from."""
+        want_v6 = ":" in host
+        for local, protocol in self._udp_by_local.items():
+            if (":" in local[0]) == want_v6:
+                return protocol, Origin("udp", (host, 0), None, local)
+        return None
+
+    def _connection_to(self, transport: str, host: str, port: int
+                       ) -> tuple[TCPProtocol, Origin] | None:
+        connection = self._by_peer.get((transport, host, port))
+        if connection is None or connection.origin is None:
+            return None
+        return connection, connection.origin
+
+    def local_address(self, origin: Origin) -> tuple[str, int]:
+        """Our address as `origin`'s peer reaches it: the socket's own, or for a wildcard
+        UDP listener the source address the kernel picks towards that peer (one connect()
+        of a scratch socket per peer address, remembered)."""
+        local = origin.local or ("127.0.0.1", 5060)
+        host = local[0]
+        if host not in ("0.0.0.0", "::"):
+            return host, local[1]
+        peer = origin.address[0]
+        known = self._local_towards.get(peer)
+        if known is None:
+            try:
+                with socket.socket(_family(peer), socket.SOCK_DGRAM) as probe:
+                    probe.connect((peer, 9))
+                    known = probe.getsockname()[0]
+            except OSError:
+                known = "::1" if ":" in peer else "127.0.0.1"
+            if len(self._local_towards) > 10_000:
+                self._local_towards.clear()
+            self._local_towards[peer] = known
+        return known, local[1]
 
     def send(self, outgoing: Outgoing) -> None:
         """Send on the connection the request came on, or from the UDP socket it reached,
@@ -295,10 +355,19 @@ class SipServer:
         if len(self._connections) >= self.config.max_tcp_connections:
             return False
         self._connections[connection.serial] = connection
+        if connection.origin is not None:
+            origin = connection.origin
+            self._by_peer[(origin.transport, origin.address[0], origin.address[1])] = \
+                connection
         return True
 
     def connection_closed(self, connection: TCPProtocol) -> None:
         self._connections.pop(connection.serial, None)
+        origin = connection.origin
+        if origin is not None:
+            key = (origin.transport, origin.address[0], origin.address[1])
+            if self._by_peer.get(key) is connection:
+                del self._by_peer[key]
 
     @property
     def connections(self) -> int:

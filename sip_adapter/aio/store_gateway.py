@@ -29,10 +29,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
-from domain import StoreUnavailable
+from domain import NotifyJob, NotifyOutcome, StoreUnavailable
 from infrastructure.committer import Committer, Result
 
-from ..protocol.service import PendingPublish
+from ..protocol.service import Pending
 
 log = logging.getLogger("esc.gateway")
 
@@ -57,22 +57,24 @@ class GatewayConfig:
 class StoreGateway:
     def __init__(self, start_committer: Callable[[], Awaitable[Committer]],
                  config: GatewayConfig, *,
-                 answer: Callable[[PendingPublish, Result], None],
+                 answer: Callable[[Pending, Result], None],
                  on_availability: Callable[[bool], None] = lambda available: None,
                  on_give_up: Callable[[str], None] = lambda why: None,
+                 on_notifies: Callable[[list[NotifyJob]], None] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self._start_committer = start_committer
         self._answer = answer
         self._on_availability = on_availability
         self._on_give_up = on_give_up
+        self._on_notifies = on_notifies
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._committer: Committer | None = None
-        self._queue: deque[tuple[PendingPublish, int]] = deque()
+        self._queue: deque[tuple[Pending, int]] = deque()
         self._queued_bytes = 0
         # batches handed over: (when, the batch), oldest first
-        self._in_flight: deque[tuple[float, list[PendingPublish]]] = deque()
+        self._in_flight: deque[tuple[float, list[Pending]]] = deque()
         self._pump_scheduled = False
         self._available = False
         self._stopping = False
@@ -129,7 +131,7 @@ class StoreGateway:
 
     # ---- admission --------------------------------------------------------------------------
 
-    def offer(self, pending: PendingPublish, size: int) -> StoreUnavailable | None:
+    def offer(self, pending: Pending, size: int) -> StoreUnavailable | None:
         """Queue a PUBLISH for the store, or say why not (answer it 503 at once)."""
         if not self.available:
             self.stats["refused_unavailable"] += 1
@@ -161,7 +163,7 @@ class StoreGateway:
         assert self._clock is not None
         while self._queue and len(self._in_flight) < self.config.pipeline_depth:
             now = self._clock()
-            batch: list[PendingPublish] = []
+            batch: list[Pending] = []
             while self._queue and len(batch) < self.config.max_batch:
                 pending, size = self._queue.popleft()
                 self._queued_bytes -= size
@@ -177,10 +179,10 @@ class StoreGateway:
                 continue
             entry = (now, batch)
             self._in_flight.append(entry)
-            future = committer.submit([pending.publish for pending in batch])
+            future = committer.submit([pending.command for pending in batch])
             future.add_done_callback(lambda done, entry=entry: self._batch_done(entry, done))
 
-    def _batch_done(self, entry: tuple[float, list[PendingPublish]],
+    def _batch_done(self, entry: tuple[float, list[Pending]],
                     done: asyncio.Future[list[Result]]) -> None:
         try:
             self._in_flight.remove(entry)
@@ -197,7 +199,7 @@ class StoreGateway:
         for pending, result in zip(batch, results):
             self._deliver(pending, result)
 
-    def _deliver(self, pending: PendingPublish, result: Result) -> None:
+    def _deliver(self, pending: Pending, result: Result) -> None:
         try:
             self._answer(pending, result)
         except Exception:  # one answer's failure never touches the others
@@ -211,8 +213,16 @@ class StoreGateway:
 
     # ---- supervision -------------------------------------------------------------------------
 
+    def report(self, outcomes: Sequence[NotifyOutcome]) -> None:
+        """Hand NOTIFY outcomes to the store's notifier. While the store restarts they are
+        dropped: the new notifier has nothing in flight and reads the feed again."""
+        committer = self._committer
+        if committer is not None and self._available:
+            committer.report(outcomes)
+
     def _adopt(self, committer: Committer) -> None:
         self._committer = committer
+        committer.notify_sink = self._on_notifies
         committer.failure.add_done_callback(
             lambda failure, committer=committer: self._on_failure(committer, failure))
         self._set_available(True)

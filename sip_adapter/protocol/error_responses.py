@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from domain import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
-                    InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
+from domain import (BadEvent, CompositorError, ConditionalRequestFailed, CSeqOutOfOrder,
+                    IntervalTooBrief, InternalError, InvalidBody, MissingBody, NoMoreNotifies,
+                    StoreUnavailable, SubscriptionNotActive, TooManyPublications,
                     UnsupportedMediaType)
 
 Headers = list[tuple[str, str]]
@@ -37,6 +38,11 @@ RESPONSES: dict[type[CompositorError], tuple[int, str, Callable[[Any], Headers]]
     StoreUnavailable: (503, "Service Unavailable",
                        lambda error: [("Retry-After", str(error.retry_after))]),
     InternalError: (500, "Server Internal Error", _no_headers),
+    # SUBSCRIBE in a dialog that no longer exists (RFC 6665 section 4.1.2.2 / 4.2.1.2).
+    SubscriptionNotActive: (481, "Subscription Does Not Exist", _no_headers),
+    # RFC 3261 section 12.2.2: a request in a dialog with a lower CSeq is answered 500.
+    CSeqOutOfOrder: (500, "CSeq Out Of Order", _no_headers),
+    NoMoreNotifies: (500, "Server Internal Error", _no_headers),
 }
 
 

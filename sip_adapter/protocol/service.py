@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeAlias
 
-from domain import CompositorError, PublishRequest
+from domain import CompositorError, PublishRequest, SubscribeAccepted, SubscribeRequest
 
 from .authorization import Policy
 from .digest import Authenticated, DigestAuthenticator
@@ -26,12 +26,15 @@ from .publish_request import BadPublish, to_publish_request
 from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
+from .subscribe_request import BadSubscribe, to_subscribe_request
 from .transactions import Full, New, Retransmit, TransactionKey, TransactionTable
 
 log = logging.getLogger("esc.service")
 
 ALLOWED_METHODS = ("PUBLISH", "OPTIONS")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS + ("ACK", "CANCEL"))
+#: With the notifier on, SUBSCRIBE is served too.
+ALLOW_HEADER_WITH_SUBSCRIBE = ", ".join(("PUBLISH", "SUBSCRIBE", "OPTIONS", "ACK", "CANCEL"))
 #: Methods defined by RFC 3261 and its extensions that we recognise but do not serve (405).
 KNOWN_METHODS = frozenset({"INVITE", "BYE", "REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE",
                            "INFO", "PRACK", "UPDATE", "REFER"})
@@ -52,6 +55,7 @@ class ServiceConfig:
     policy: Policy | None = None  # who may publish for what (default rule: own AOR only)
     max_transactions: int = 400_000  # transaction table bounds (503 past them)
     max_transaction_bytes: int = 512 * 1024 * 1024
+    subscribe: bool = False  # serve SUBSCRIBE (the store runs a notifier)
 
 
 class Accepted(Protocol):
@@ -65,8 +69,8 @@ class Accepted(Protocol):
     def expires(self) -> int: ...
 
 
-#: What the compositor answers each PUBLISH with.
-PublishResult: TypeAlias = Accepted | CompositorError
+#: What the compositor answers each PUBLISH or SUBSCRIBE with.
+PublishResult: TypeAlias = Accepted | SubscribeAccepted | CompositorError
 
 
 @dataclass
@@ -89,11 +93,36 @@ class PendingPublish:
     received_at: float = 0.0
     size: int = 0  # bytes of SIP message it holds while it waits (admission control)
 
+    @property
+    def command(self) -> PublishRequest:
+        """What the store decides."""
+        return self.publish
+
+
+@dataclass
+class PendingSubscribe:
+    """A SUBSCRIBE waiting for the notifier (it travels the PUBLISH path: same queue,
+    same bounds, same batches)."""
+
+    request: Request
+    subscribe: SubscribeRequest
+    origin: Origin
+    key: TransactionKey
+    received_at: float = 0.0
+    size: int = 0
+
+    @property
+    def command(self) -> SubscribeRequest:
+        return self.subscribe
+
+
+Pending: TypeAlias = PendingPublish | PendingSubscribe
+
 
 @dataclass
 class Received:
     replies: list[Outgoing] = field(default_factory=list)
-    pending: PendingPublish | None = None
+    pending: Pending | None = None
 
 
 class SipService:
@@ -105,8 +134,13 @@ class SipService:
     def __init__(self, config: ServiceConfig = ServiceConfig(),
                  transactions: TransactionTable | None = None, *,
                  random_bytes: Callable[[int], bytes] = secrets.token_bytes,
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None,
+                 local_address: Callable[[Origin], tuple[str, int]] | None = None) -> None:
         self.config = config
+        # Our address as the peer reaches it (the Contact of a SUBSCRIBE's 200): given by
+        # the transport layer, which can ask the kernel; by default the listener's own.
+        self.local_address = local_address or _listener_address
+        self.allow_header = ALLOW_HEADER_WITH_SUBSCRIBE if config.subscribe else ALLOW_HEADER
         self.transactions = transactions if transactions is not None else TransactionTable(
             max_entries=config.max_transactions, max_bytes=config.max_transaction_bytes)
         self.random_bytes = random_bytes
@@ -199,13 +233,15 @@ class SipService:
             if unsupported:
                 return self._answer(request, origin, key, now, 420, "Bad Extension",
                                     [("Unsupported", ", ".join(unsupported))])
-        if not self.store_available and method in ("OPTIONS", "PUBLISH"):
+        if not self.store_available and method in ("OPTIONS", "PUBLISH", "SUBSCRIBE"):
             return self._answer(request, origin, key, now, 503, "Service Unavailable",
                                 [("Retry-After", str(self.unavailable_retry_after))])
         if method == "OPTIONS":
             return self._answer(request, origin, key, now, 200, "OK", self._capabilities())
         if method == "PUBLISH":
             return self._publish(request, origin, key, now)
+        if method == "SUBSCRIBE" and self.config.subscribe:
+            return self._subscribe(request, origin, key, now)
         if method == "CANCEL":
             # RFC 3261 9.2: a CANCEL that matches a transaction is answered 200 (for a
             # non-INVITE it has no effect on it: that request gets its own final answer);
@@ -216,34 +252,61 @@ class SipService:
                                 "Call/Transaction Does Not Exist")
         if method in KNOWN_METHODS:
             return self._answer(request, origin, key, now, 405, "Method Not Allowed",
-                                [("Allow", ALLOW_HEADER)])
+                                [("Allow", self.allow_header)])
         # RFC 3261 21.5.2: a method we do not recognise at all is 501, with Allow.
         return self._answer(request, origin, key, now, 501, "Not Implemented",
-                            [("Allow", ALLOW_HEADER)])
+                            [("Allow", self.allow_header)])
 
-    def _publish(self, request: Request, origin: Origin, key: TransactionKey,
-                 now: float) -> Received:
+    def _authorize(self, request: Request, origin: Origin, key: TransactionKey,
+                   now: float, watching: bool) -> str | None | Received:
+        """The domain check, Digest, and who may publish for (or watch) the resource: the
+        authenticated identity (None without --auth-file), or the answer that refuses."""
         if self.domains:
             host = _uri_host(request)
             if host is None or host not in self.domains:
                 return self._answer(request, origin, key, now, 404, "Domain Not Served Here")
-        identity = None
         authenticator = self.config.authenticator
-        if authenticator is not None:
-            assert self.wall_clock is not None
-            result = authenticator.authenticate(request, self.wall_clock())
-            if not isinstance(result, Authenticated):
-                return self._answer(request, origin, key, now, result.status, result.phrase,
-                                    list(result.headers))
-            identity = result.username
-            try:
-                resource = request.aor  # the one address-of-record rule (domain/resource.py)
-            except ParseError:
-                return self._answer(request, origin, key, now, 400, "Bad Request-URI")
-            policy = self.config.policy or Policy()
-            if not policy.allows(identity, resource, authenticator.realm):
+        if authenticator is None:
+            return None
+        assert self.wall_clock is not None
+        result = authenticator.authenticate(request, self.wall_clock())
+        if not isinstance(result, Authenticated):
+            return self._answer(request, origin, key, now, result.status, result.phrase,
+                                list(result.headers))
+        identity = result.username
+        try:
+            resource = request.aor  # the one address-of-record rule (domain/resource.py)
+        except ParseError:
+            return self._answer(request, origin, key, now, 400, "Bad Request-URI")
+        policy = self.config.policy or Policy()
+        if watching:
+            if not policy.may_watch(identity, resource, authenticator.realm):
                 return self._answer(request, origin, key, now, 403,
-                                    "Not Allowed To Publish For This Resource")
+                                    "Not Allowed To Watch This Resource")
+        elif not policy.allows(identity, resource, authenticator.realm):
+            return self._answer(request, origin, key, now, 403,
+                                "Not Allowed To Publish For This Resource")
+        return identity
+
+    def _subscribe(self, request: Request, origin: Origin, key: TransactionKey,
+                   now: float) -> Received:
+        identity = self._authorize(request, origin, key, now, watching=True)
+        if isinstance(identity, Received):
+            return identity
+        try:
+            subscribe = to_subscribe_request(request, origin, identity=identity,
+                                             allowed_events=list(self.config.allowed_events))
+        except BadSubscribe as error:
+            return self._answer(request, origin, key, now, error.status, error.reason,
+                                error.headers)
+        size = len(request.body) + sum(len(n) + len(v) for n, v in request.headers)
+        return Received(pending=PendingSubscribe(request, subscribe, origin, key, now, size))
+
+    def _publish(self, request: Request, origin: Origin, key: TransactionKey,
+                 now: float) -> Received:
+        identity = self._authorize(request, origin, key, now, watching=False)
+        if isinstance(identity, Received):
+            return identity
         try:
             publish = to_publish_request(request, origin, identity=identity,
                                          allowed_events=list(self.config.allowed_events))
@@ -258,16 +321,22 @@ class SipService:
 
     # ---- out ------------------------------------------------------------------------------
 
-    def complete(self, pending: PendingPublish, result: PublishResult, now: float) -> Outgoing:
-        """The compositor's answer (Accepted or CompositorError) as the final response."""
+    def complete(self, pending: Pending, result: PublishResult, now: float) -> Outgoing:
+        """The store's answer (Accepted, SubscribeAccepted or CompositorError) as the final
+        response."""
         try:
+            to_tag = None
             if isinstance(result, CompositorError):
                 status, reason, headers = response_for(result)
+            elif isinstance(result, SubscribeAccepted):
+                status, reason, to_tag = 200, "OK", result.local_tag
+                headers = [("Expires", str(result.expires)),
+                           ("Contact", self._contact(pending.origin))]
             else:
                 status, reason = 200, "OK"
                 headers = [("SIP-ETag", result.etag), ("Expires", str(result.expires))]
             return self._answer(pending.request, pending.origin, pending.key, now, status,
-                                reason, headers).replies[0]
+                                reason, headers, to_tag=to_tag).replies[0]
         except Exception as error:  # never leave the transaction open
             log.error("internal error answering a PUBLISH from %s: %s: %s",
                       pending.origin.describe(), type(error).__name__, error)
@@ -276,9 +345,10 @@ class SipService:
 
     def _answer(self, request: Request, origin: Origin, key: TransactionKey | None, now: float,
                 status: int, reason: str,
-                headers: list[tuple[str, str]] | None = None) -> Received:
+                headers: list[tuple[str, str]] | None = None,
+                to_tag: str | None = None) -> Received:
         data = render_response(request, status, reason, headers or (),
-                               to_tag=self.new_tag(), server=self.config.server,
+                               to_tag=to_tag or self.new_tag(), server=self.config.server,
                                top_via=self._stamped_top_via(request, origin))
         if key is not None:
             self.transactions.on_response(key, data, now)
@@ -334,8 +404,17 @@ class SipService:
         """A To-tag: 48 random bits as 12 hex digits (what secrets.token_hex(6) gives)."""
         return self.random_bytes(6).hex()
 
+    def _contact(self, origin: Origin) -> str:
+        """Our Contact for a dialog a SUBSCRIBE opens: where the watcher sends refreshes."""
+        host, port = self.local_address(origin)
+        host = f"[{host}]" if ":" in host else host
+        scheme = "sips" if origin.transport == "tls" else "sip"
+        transport = "" if origin.transport == "udp" else ";transport=tcp" \
+            if origin.transport == "tcp" else ";transport=tls"
+        return f"<{scheme}:{host}:{port}{transport}>"
+
     def _capabilities(self) -> list[tuple[str, str]]:
-        headers = [("Allow", ALLOW_HEADER),
+        headers = [("Allow", self.allow_header),
                    ("Allow-Events", ", ".join(self.config.allowed_events)),
                    ("Accept", ", ".join(self.config.accepted_types)),
                    ("Supported", ", ".join(self.config.supported))]
@@ -350,6 +429,10 @@ class SipService:
 
     def tick(self, now: float) -> None:
         self.transactions.expire(now)
+
+
+def _listener_address(origin: Origin) -> tuple[str, int]:
+    return origin.local if origin.local is not None else ("127.0.0.1", 5060)
 
 
 def _uri_host(request: Request) -> str | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import (BadEvent, CompositorError, ConditionalRequestFailed, IntervalTooBrief,
+from domain import (BadEvent, CompositorError, ConditionalRequestFailed, CSeqOutOfOrder,
+                    SubscriptionNotActive, IntervalTooBrief,
                     InternalError, InvalidBody, MissingBody, StoreUnavailable, TooManyPublications,
                     UnsupportedMediaType)
 from sip_adapter.protocol.error_responses import RESPONSES, response_for
@@ -25,6 +26,8 @@ from sip_adapter.protocol.error_responses import RESPONSES, response_for
     (StoreUnavailable("busy", retry_after=7), (503, "Service Unavailable",
                                                [("Retry-After", "7")])),
     (InternalError("boom"), (500, "Server Internal Error", [])),
+    (SubscriptionNotActive("timeout"), (481, "Subscription Does Not Exist", [])),
+    (CSeqOutOfOrder(3, 4), (500, "CSeq Out Of Order", [])),
 ])
 def test_each_refusal_has_its_status_reason_and_headers(error, expected):
     assert response_for(error) == expected
@@ -32,8 +35,10 @@ def test_each_refusal_has_its_status_reason_and_headers(error, expected):
 
 def test_every_refusal_the_domain_defines_is_in_the_table():
     import domain.errors
+    import domain.subscription
 
-    defined = {cls for cls in vars(domain.errors).values()
+    defined = {cls for module in (domain.errors, domain.subscription)
+               for cls in vars(module).values()
                if isinstance(cls, type) and issubclass(cls, CompositorError)
                and cls is not CompositorError}
     assert defined == set(RESPONSES)

@@ -1,0 +1,483 @@
+"""The notifier: SUBSCRIBEs decided, and every change of state turned into NOTIFYs.
+
+It runs beside the compositor (in the store process) and is a tracked consumer of the
+change feed. Each Published, Modified, Removed or Expired event marks the subscriptions of
+its resource dirty; a dirty subscription with no NOTIFY in flight gets one with the latest
+composed state. While one is in flight, later changes only keep it dirty, so they fold into
+the next NOTIFY (latest state wins) and NOTIFYs of one subscription never overtake each
+other. (A Refreshed publication changes no package's composed state, so it notifies no one.)
+
+Before a NOTIFY is handed to the SIP side its numbers are recorded (`Subscription.notified`,
+saved), with the feed position whose state it carries. That makes the consumer exactly-once
+across restarts without a distributed transaction:
+
+- the position persisted (in the view's tracking table) never passes a change that is
+  still waiting, folded, in a dirty subscription, so after a restart every change not yet
+  told to its watchers is read again;
+- a change read again is skipped for a subscription whose last NOTIFY already covered its
+  position (`Subscription.notified_position`), so no watcher is told the same change twice.
+
+Subscriptions lapse here too: a heap of expiry times (the active subscriptions are held in
+memory, bounded by `max_subscriptions`) ends each with `Terminated` (reason timeout) and a
+final NOTIFY. A NOTIFY that times out or gets a non-2xx without Retry-After ends its
+subscription (RFC 6665 section 4.2.2).
+
+Single-threaded: the store process's main loop calls every method here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from uuid import UUID, uuid4
+
+from eventsourcing.persistence import Recording
+
+from domain import (CompositorError, InternalError, NotifyJob, NotifyOutcome, Publication,
+                    StoreUnavailable, SubscribeRequest, Subscription, SubscriptionNotActive,
+                    SubscriptionPolicy)
+from domain.notification import SubscribeAccepted
+from domain.subscription import DEACTIVATED, TERMINATED, TIMEOUT
+
+if TYPE_CHECKING:
+    from .compositor import Compositor
+
+log = logging.getLogger("esc.notifier")
+
+#: The view's tracking name for this consumer's position.
+POSITION_NAME = "notifier"
+#: Publication events that change a package's composed state.
+CHANGES = frozenset({"Published", "Modified", "Removed", "Expired"})
+PAGE = 1000
+
+SubscribeResult = SubscribeAccepted | CompositorError
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    policy: SubscriptionPolicy = SubscriptionPolicy()
+    node: str | None = None  # this node's name: it sends the NOTIFYs of what it owns
+    max_subscriptions: int = 100_000  # active subscriptions held (503 past it)
+    poll_interval: float = 0.1  # how often the feed is read for others' writes
+    save_position_every: float = 1.0
+
+
+class Notifier:
+    def __init__(self, compositor: "Compositor", config: NotifierConfig = NotifierConfig(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.compositor = compositor
+        self.app = compositor.app
+        self.view = compositor.view
+        self.config = config
+        self.policy = config.policy
+        self.clock = clock
+        self.subscriptions: dict[UUID, Subscription] = {}
+        self.by_resource: dict[tuple[str, str], set[UUID]] = {}
+        self._expiries: list[tuple[float, UUID]] = []
+        self.in_flight: dict[UUID, int] = {}  # subscription -> CSeq of its NOTIFY out
+        self.dirty: dict[UUID, int] = {}  # subscription -> first change position not told
+        self.position = 0
+        self._position_saved = 0
+        self._position_saved_at = 0.0
+        self.stats = {"notifies": 0, "folded": 0, "failed": 0, "expired": 0}
+        self._load()
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self.view.has_position(POSITION_NAME):
+            self.position = self.view.position(POSITION_NAME)
+        else:  # first start: nothing before now was anyone's business
+            self.position = self._head()
+            self.view.set_position(POSITION_NAME, self.position)
+        self._position_saved = self.position
+        owner = self.config.node
+        for row in self.view.active_subscription_ids(owner):
+            try:
+                subscription = self.app.repository.get(UUID(hex=row[0]))
+            except Exception as error:
+                log.warning("subscription %s not loaded: %s", row[0], error)
+                continue
+            if isinstance(subscription, Subscription) and subscription.state != TERMINATED:
+                self._hold(subscription)
+            elif isinstance(subscription, Subscription) and not subscription.final_notified:
+                self._hold(subscription)
+                self.dirty.setdefault(subscription.id, self.position)
+        if self.subscriptions:
+            log.info("notifier holds %d subscriptions, feed position %d",
+                     len(self.subscriptions), self.position)
+
+    def _head(self) -> int:
+        try:
+            return int(self.app.recorder.max_notification_id() or 0)
+        except Exception:
+            return 0
+
+    def _hold(self, subscription: Subscription) -> None:
+        self.subscriptions[subscription.id] = subscription
+        key = (subscription.aor, subscription.event_package)
+        self.by_resource.setdefault(key, set()).add(subscription.id)
+        heapq.heappush(self._expiries, (subscription.expires_at, subscription.id))
+
+    def _release(self, subscription_id: UUID) -> None:
+        subscription = self.subscriptions.pop(subscription_id, None)
+        self.dirty.pop(subscription_id, None)
+        if subscription is None:
+            return
+        key = (subscription.aor, subscription.event_package)
+        ids = self.by_resource.get(key)
+        if ids is not None:
+            ids.discard(subscription_id)
+            if not ids:
+                del self.by_resource[key]
+
+    # ---- SUBSCRIBE ------------------------------------------------------------------------
+
+    def subscribe_many(self, requests: Sequence[SubscribeRequest],
+                       now: float | None = None) -> list[SubscribeResult]:
+        """Decide each SUBSCRIBE in order and save the batch (one transaction); each
+        accepted one carries its immediate NOTIFY, already recorded, unless a NOTIFY of
+        that subscription is in flight (then it follows when that one is answered)."""
+        now = self.clock() if now is None else now
+        touched: dict[UUID, Subscription] = {}
+        decided: list[tuple[SubscribeResult, UUID | None]] = []
+        for request in requests:
+            try:
+                decided.append(self._decide(request, now, touched))
+            except CompositorError as refusal:
+                decided.append((refusal, None))
+            except Exception as error:  # a fault on this request alone
+                log.error("internal error deciding a SUBSCRIBE for %s: %s: %s", request.aor,
+                          type(error).__name__, error)
+                decided.append((InternalError(f"internal error: {type(error).__name__}"),
+                                None))
+        if not touched:
+            return [result for result, _ in decided]
+        try:
+            self._save(touched)
+        except Exception as error:
+            log.error("saving subscriptions failed: %s", error)
+            self._forget(touched)
+            return [StoreUnavailable(f"event store save failed: {error}")
+                    if isinstance(result, SubscribeAccepted) else result
+                    for result, _ in decided]
+        results: list[SubscribeResult] = []
+        for result, _ in decided:
+            if isinstance(result, SubscribeAccepted) and result.notify is not None:
+                self.stats["notifies"] += 1
+            results.append(result)
+        return results
+
+    def _decide(self, request: SubscribeRequest, now: float,
+                touched: dict[UUID, Subscription]) -> tuple[SubscribeResult, UUID | None]:
+        package = self.compositor.packages.get(request.event)  # BadEvent if unknown
+        expires = self.policy.grant(request.expires)
+        if request.local_tag is None:
+            return self._initial(request, package.name, expires, now, touched)
+        subscription = self._in_dialog(request, touched)
+        if expires == 0:
+            subscription.unsubscribe(now=now, remote_cseq=request.cseq)
+        else:
+            subscription.refresh(now=now, expires_at=now + expires, remote_cseq=request.cseq)
+            heapq.heappush(self._expiries, (subscription.expires_at, subscription.id))
+        touched[subscription.id] = subscription
+        self._hold(subscription)
+        job = self._notify_now(subscription, now, touched)
+        return SubscribeAccepted(subscription.id.hex, subscription.local_tag, expires,
+                                 job), subscription.id
+
+    def _initial(self, request: SubscribeRequest, package: str, expires: int, now: float,
+                 touched: dict[UUID, Subscription]) -> tuple[SubscribeResult, UUID | None]:
+        if expires == 0:
+            # A fetch (RFC 6665 section 4.4.3): the state once, in a NOTIFY that ends the
+            # dialog it opens; no subscription is kept.
+            local_tag = uuid4().hex
+            state = self.compositor.state(request.aor, package, now=now)
+            job = NotifyJob("", request.aor, package, request.call_id, local_tag,
+                            request.remote_tag, request.watcher_uri, request.watcher_contact,
+                            1, request.transport, request.host, request.port, TERMINATED,
+                            0, TIMEOUT, state.content_type, state.body, request.event_id,
+                            request.route_set)
+            return SubscribeAccepted("", local_tag, 0, job), None
+        if len(self.subscriptions) >= self.config.max_subscriptions:
+            raise StoreUnavailable(
+                f"{self.config.max_subscriptions} subscriptions are active", retry_after=60)
+        subscription_id = uuid4()
+        subscription = Subscription.subscribe(
+            id=subscription_id, aor=request.aor, event_package=package,
+            call_id=request.call_id, remote_tag=request.remote_tag,
+            local_tag=subscription_id.hex, watcher_uri=request.watcher_uri,
+            watcher_contact=request.watcher_contact, route_set=request.route_set,
+            remote_cseq=request.cseq, transport=request.transport, host=request.host,
+            port=request.port, expires_at=now + expires, now=now,
+            identity=request.identity, event_id=request.event_id, owner=self.config.node)
+        touched[subscription_id] = subscription
+        self._hold(subscription)
+        job = self._notify_now(subscription, now, touched)
+        return SubscribeAccepted(subscription_id.hex, subscription.local_tag, expires,
+                                 job), subscription_id
+
+    def _in_dialog(self, request: SubscribeRequest,
+                   touched: dict[UUID, Subscription]) -> Subscription:
+        """The subscription a SUBSCRIBE's dialog names (our To tag is its id), or 481."""
+        try:
+            subscription_id = UUID(hex=request.local_tag or "")
+        except ValueError:
+            raise SubscriptionNotActive("noresource") from None
+        subscription = touched.get(subscription_id) or self.subscriptions.get(subscription_id)
+        if subscription is None:
+            try:
+                loaded = self.app.repository.get(subscription_id)
+            except Exception:
+                loaded = None
+            if not isinstance(loaded, Subscription):
+                raise SubscriptionNotActive("noresource")
+            subscription = loaded
+        if subscription.call_id != request.call_id or \
+                subscription.remote_tag != request.remote_tag or \
+                subscription.event_package != request.event:
+            raise SubscriptionNotActive("noresource")
+        return subscription
+
+    def _notify_now(self, subscription: Subscription, now: float,
+                    touched: dict[UUID, Subscription]) -> NotifyJob | None:
+        if subscription.id in self.in_flight:
+            self.dirty.setdefault(subscription.id, self.position)
+            self.stats["folded"] += 1
+            return None
+        self.dirty.pop(subscription.id, None)
+        return self._record_notify(subscription, now, touched)
+
+    # ---- NOTIFYs --------------------------------------------------------------------------
+
+    def _record_notify(self, subscription: Subscription, now: float,
+                       touched: dict[UUID, Subscription],
+                       states: dict[tuple[str, str, int], Any] | None = None) -> NotifyJob:
+        """Record the next NOTIFY of a subscription and build it (the caller saves)."""
+        notify = subscription.notified(now, position=self.position)
+        touched[subscription.id] = subscription
+        self.in_flight[subscription.id] = notify.cseq
+        if notify.final:
+            state_name, expires_in, reason = TERMINATED, 0, subscription.reason
+        else:
+            state_name = "active"
+            expires_in = max(0, int(subscription.expires_at - now))
+            reason = None
+        key = (subscription.aor, subscription.event_package, notify.version)
+        state = states.get(key) if states is not None else None
+        if state is None:
+            state = self.compositor.state(subscription.aor, subscription.event_package,
+                                          version=notify.version, now=now)
+            if states is not None:
+                states[key] = state
+        return NotifyJob(subscription.id.hex, subscription.aor, subscription.event_package,
+                         subscription.call_id, subscription.local_tag,
+                         subscription.remote_tag, subscription.watcher_uri,
+                         subscription.watcher_contact, notify.cseq, subscription.transport,
+                         subscription.host, subscription.port, state_name, expires_in,
+                         reason, state.content_type, state.body, subscription.event_id,
+                         subscription.route_set)
+
+    def _flush(self, now: float) -> list[NotifyJob]:
+        """A NOTIFY for every dirty subscription with none in flight, recorded in one save."""
+        ready = [sid for sid in self.dirty if sid not in self.in_flight]
+        if not ready:
+            self._save_position(now)
+            return []
+        touched: dict[UUID, Subscription] = {}
+        jobs: list[NotifyJob] = []
+        states: dict[tuple[str, str, int], Any] = {}
+        for subscription_id in ready:
+            self.dirty.pop(subscription_id, None)
+            subscription = self.subscriptions.get(subscription_id)
+            if subscription is None or subscription.final_notified:
+                continue
+            if subscription.is_lapsed(now):
+                subscription.expire(now)
+                self.stats["expired"] += 1
+            try:
+                jobs.append(self._record_notify(subscription, now, touched, states))
+            except CompositorError as refusal:
+                log.warning("no NOTIFY for %s: %s", subscription_id.hex, refusal)
+            except Exception as error:
+                log.error("building a NOTIFY for %s failed: %s: %s", subscription_id.hex,
+                          type(error).__name__, error)
+                self.in_flight.pop(subscription_id, None)
+        if not touched:
+            self._save_position(now)
+            return jobs
+        try:
+            self._save(touched)
+        except Exception as error:
+            # Nothing recorded, nothing sent: they stay dirty and are tried again.
+            log.error("recording NOTIFYs failed: %s", error)
+            for subscription_id in touched:
+                self.in_flight.pop(subscription_id, None)
+                self.dirty.setdefault(subscription_id, self.position)
+            self._forget(touched)
+            return []
+        self.stats["notifies"] += len(jobs)
+        self._save_position(now)
+        return jobs
+
+    def _save(self, touched: dict[UUID, Subscription]) -> None:
+        with self.app.lock:
+            recordings = self.app.save_batch(touched.values())  # type: ignore[arg-type]
+        self.compositor.project(recordings)
+        for subscription in touched.values():
+            if subscription.final_notified:
+                self._release(subscription.id)
+
+    def _forget(self, touched: Iterable[UUID]) -> None:
+        """Reload subscriptions whose unsaved changes are lost (their events were pending)."""
+        for subscription_id in list(touched):
+            self.app.evict([subscription_id])
+            self._release(subscription_id)
+            try:
+                loaded = self.app.repository.get(subscription_id)
+            except Exception:
+                continue
+            if isinstance(loaded, Subscription) and not loaded.final_notified:
+                self._hold(loaded)
+
+    # ---- the change feed -------------------------------------------------------------------
+
+    def on_recordings(self, recordings: Sequence[Recording],
+                      now: float | None = None) -> list[NotifyJob]:
+        """The events a local save just recorded (the feed's newest entries, in hand):
+        consumed directly when they follow this consumer's position, else read from the
+        feed."""
+        now = self.clock() if now is None else now
+        if not recordings:
+            return []
+        first = recordings[0].notification.id
+        if first != self.position + 1:
+            return self.poll(now)
+        pairs = [(r.notification.id, r.domain_event) for r in recordings]
+        return self._consume(pairs, now)
+
+    def poll(self, now: float | None = None) -> list[NotifyJob]:
+        """Read the feed beyond this consumer's position (writes of the expiry thread,
+        other processes and nodes), then send what is due."""
+        now = self.clock() if now is None else now
+        if not self.subscriptions:
+            self.position = max(self.position, self._head())
+            return self._flush(now)
+        self.compositor.catch_up()  # the view must hold what is composed
+        while True:
+            notifications = self.app.recorder.select_notifications(
+                start=self.position + 1, limit=PAGE)
+            if not notifications:
+                break
+            pairs = []
+            for notification in notifications:
+                if ":Publication." not in notification.topic:
+                    self.position = notification.id
+                    continue
+                pairs.append((notification.id, self.app.mapper.to_domain_event(notification)))
+            self._mark(pairs)
+            self.position = max(self.position, notifications[-1].id)
+            if len(notifications) < PAGE:
+                break
+        return self._flush(now)
+
+    def _consume(self, pairs: Sequence[tuple[int, Any]], now: float) -> list[NotifyJob]:
+        if self.subscriptions:
+            self._mark(pairs)
+        self.position = max(self.position, pairs[-1][0])
+        return self._flush(now)
+
+    def _mark(self, pairs: Iterable[tuple[int, Any]]) -> None:
+        by_resource = self.by_resource
+        for position, event in pairs:
+            if not isinstance(event, Publication.Event) or \
+                    type(event).__name__ not in CHANGES:
+                continue
+            ids = by_resource.get((event.aor, event.event_package))  # type: ignore[attr-defined]
+            if not ids:
+                continue
+            for subscription_id in ids:
+                subscription = self.subscriptions[subscription_id]
+                if subscription.notified_position >= position:
+                    continue  # told already, before a restart
+                if subscription_id in self.dirty:
+                    self.stats["folded"] += 1
+                else:
+                    self.dirty[subscription_id] = position
+
+    def _save_position(self, now: float) -> None:
+        """Persist the position, never beyond a change still waiting in a dirty
+        subscription; throttled, since a lost update only means re-reading some events."""
+        safe = min([self.position] + [p - 1 for p in self.dirty.values()])
+        if safe <= self._position_saved:
+            return
+        if now - self._position_saved_at < self.config.save_position_every and \
+                safe - self._position_saved < 10_000:
+            return
+        try:
+            self.view.set_position(POSITION_NAME, safe)
+        except Exception as error:
+            log.warning("notifier position not saved: %s", error)
+            return
+        self._position_saved, self._position_saved_at = safe, now
+
+    # ---- outcomes and timers -----------------------------------------------------------------
+
+    def outcomes(self, outcomes: Sequence[NotifyOutcome],
+                 now: float | None = None) -> list[NotifyJob]:
+        """What became of NOTIFYs: the next one of each subscription may go; a failed one
+        ends its subscription."""
+        now = self.clock() if now is None else now
+        ended: dict[UUID, Subscription] = {}
+        for outcome in outcomes:
+            if not outcome.subscription_id:
+                continue  # a fetch's NOTIFY: no subscription behind it
+            try:
+                subscription_id = UUID(hex=outcome.subscription_id)
+            except ValueError:
+                continue
+            if self.in_flight.get(subscription_id) == outcome.cseq:
+                del self.in_flight[subscription_id]
+            if not outcome.ends_subscription:
+                continue
+            self.stats["failed"] += 1
+            subscription = self.subscriptions.get(subscription_id)
+            if subscription is None:
+                continue
+            log.info("NOTIFY to %s:%d got %d: ending subscription %s", subscription.host,
+                     subscription.port, outcome.status, subscription_id.hex)
+            self.in_flight.pop(subscription_id, None)
+            if subscription.terminate(now, DEACTIVATED) or subscription.state == TERMINATED:
+                ended[subscription_id] = subscription
+        if ended:
+            try:
+                self._save(ended)
+            except Exception as error:
+                log.error("recording ended subscriptions failed: %s", error)
+                self._forget(ended)
+            for subscription_id in ended:
+                self._release(subscription_id)  # the watcher is gone: no final NOTIFY
+        return self._flush(now)
+
+    def tick(self, now: float | None = None) -> list[NotifyJob]:
+        """End lapsed subscriptions (each gets its final NOTIFY) and read the feed."""
+        now = self.clock() if now is None else now
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, subscription_id = heapq.heappop(expiries)
+            subscription = self.subscriptions.get(subscription_id)
+            if subscription is not None and subscription.is_lapsed(now):
+                self.dirty.setdefault(subscription_id, self.position)
+        return self.poll(now)
+
+    def next_deadline(self) -> float | None:
+        """Epoch seconds of the next timer: a lapse, or the next feed poll."""
+        deadline = self._expiries[0][0] if self._expiries else None
+        if self.subscriptions:
+            poll = self.clock() + self.config.poll_interval
+            deadline = poll if deadline is None else min(deadline, poll)
+        return deadline
+

@@ -1,0 +1,176 @@
+"""The notifier against a real SQLite store: SUBSCRIBE decisions, NOTIFYs from the change
+feed with folding, outcomes, lapses, and exactly-once across a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain import (CSeqOutOfOrder, IntervalTooBrief, NotifyOutcome, PublishRequest,
+                    SubscribeAccepted, SubscribeRequest, SubscriptionNotActive,
+                    SubscriptionPolicy)
+from infrastructure import Compositor
+from infrastructure.notifier import Notifier, NotifierConfig
+from infrastructure.store_worker import StoreWorker
+
+PIDF = (b'<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" '
+        b'entity="sip:alice@example.com"><tuple id="t1"><status><basic>%s</basic>'
+        b'</status></tuple></presence>')
+ALICE = "sip:alice@example.com"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def open_store(tmp_path, clock):
+    compositor = Compositor.open(f"sqlite:///{tmp_path}/esc.sqlite3", clock=clock)
+    notifier = Notifier(compositor, NotifierConfig(policy=SubscriptionPolicy(
+        default_expires=3600, min_expires=60, max_expires=3600)), clock=clock)
+    return compositor, notifier, StoreWorker(compositor, notifier)
+
+
+def subscribe(cseq=1, expires=600, local_tag=None, call_id="call-1", event="presence"):
+    return SubscribeRequest(aor=ALICE, event=event, call_id=call_id, remote_tag="w-tag",
+                            cseq=cseq, watcher_uri="sip:bob@example.com",
+                            watcher_contact="sip:bob@127.0.0.1:5070", transport="udp",
+                            host="127.0.0.1", port=5070, local_tag=local_tag,
+                            expires=expires, event_id="42")
+
+
+def publish(status: bytes, if_match=None):
+    return PublishRequest(ALICE, "presence", PIDF % status if status else None,
+                          "application/pidf+xml" if status else None, 3600, if_match)
+
+
+def delivered(job, status=200, retry_after=None):
+    return NotifyOutcome(job.subscription_id, job.cseq, status, retry_after)
+
+
+def test_subscribe_gets_the_current_state_then_every_change_folded_while_one_is_in_flight(
+        tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    worker.after(worker.decide([publish(b"open")])[1])
+    [accepted], _ = worker.decide([subscribe()])
+    assert isinstance(accepted, SubscribeAccepted) and accepted.expires == 600
+    first = accepted.notify
+    assert first is not None and first.state == "active" and first.expires_in == 600
+    assert b"<basic>open</basic>" in first.body and first.event_id == "42"
+    assert first.host == "127.0.0.1" and first.port == 5070  # where it came from
+    assert accepted.local_tag == first.local_tag
+
+    # Two changes while the first NOTIFY is unanswered: nothing goes out yet.
+    results, recordings = worker.decide([publish(b"closed")])
+    assert worker.after(recordings) == []
+    results, recordings = worker.decide([publish(b"busy")])
+    assert worker.after(recordings) == []
+    # The answer lets the next one go, with the latest state only (folded).
+    [second] = worker.outcomes([delivered(first)])
+    assert second.cseq == first.cseq + 1
+    assert b"busy" in second.body and b"closed" in second.body  # three publications composed
+    assert worker.outcomes([delivered(second)]) == []
+    # A publication's refresh changes no composed state: no NOTIFY.
+    etag = results[0].etag
+    _, recordings = worker.decide([publish(b"", if_match=etag)])
+    assert worker.after(recordings) == []
+    # A removal does.
+    _, recordings = worker.decide([PublishRequest(ALICE, "presence", None, None, 0,
+                                                  compositor.list(ALICE)[0].etag)])
+    [third] = worker.after(recordings)
+    assert third.cseq == second.cseq + 1
+    rows = compositor.watchers(ALICE)
+    assert len(rows) == 1 and rows[0].notify_count == 3
+
+
+def test_refresh_unsubscribe_and_in_dialog_refusals(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe()])
+    tag = accepted.local_tag
+    worker.outcomes([delivered(accepted.notify)])
+    with pytest.raises(IntervalTooBrief):
+        notifier.policy.grant(30)
+    [refused], _ = worker.decide([subscribe(cseq=2, expires=30, local_tag=tag)])
+    assert isinstance(refused, IntervalTooBrief) and refused.min_expires == 60
+    [refreshed], _ = worker.decide([subscribe(cseq=2, expires=7200, local_tag=tag)])
+    assert refreshed.expires == 3600 and refreshed.notify.state == "active"
+    worker.outcomes([delivered(refreshed.notify)])
+    [stale], _ = worker.decide([subscribe(cseq=2, local_tag=tag)])
+    assert isinstance(stale, CSeqOutOfOrder)
+    [unknown], _ = worker.decide([subscribe(cseq=3, local_tag="0" * 32)])
+    assert isinstance(unknown, SubscriptionNotActive)
+    [wrong_call], _ = worker.decide([subscribe(cseq=3, local_tag=tag, call_id="other")])
+    assert isinstance(wrong_call, SubscriptionNotActive)
+    [ended], _ = worker.decide([subscribe(cseq=3, expires=0, local_tag=tag)])
+    assert ended.expires == 0
+    assert ended.notify.state == "terminated" and ended.notify.reason == "timeout"
+    [gone], _ = worker.decide([subscribe(cseq=4, local_tag=tag)])
+    assert isinstance(gone, SubscriptionNotActive)
+    assert compositor.watchers(ALICE) == []
+    [row] = compositor.watchers(ALICE, include_ended=True)
+    assert row.state == "terminated" and row.reason == "timeout"
+
+
+def test_a_fetch_gets_the_state_once_and_keeps_nothing(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [fetched], _ = worker.decide([subscribe(expires=0)])
+    assert fetched.expires == 0 and fetched.notify.state == "terminated"
+    assert compositor.watchers(ALICE, include_ended=True) == []
+
+
+def test_a_lapsed_subscription_ends_with_a_final_notify(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe(expires=60)])
+    worker.outcomes([delivered(accepted.notify)])
+    assert notifier.next_deadline() is not None
+    clock.now += 61
+    [final] = worker.tick()
+    assert final.state == "terminated" and final.reason == "timeout"
+    assert compositor.watchers(ALICE) == []
+    assert worker.tick() == []
+
+
+def test_a_failed_notify_ends_the_subscription_unless_it_says_retry_after(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [first], _ = worker.decide([subscribe(call_id="a")])
+    [second], _ = worker.decide([subscribe(call_id="b")])
+    assert worker.outcomes([delivered(first.notify, 503, retry_after=5),
+                            delivered(second.notify, 481)]) == []
+    [row] = compositor.watchers(ALICE)
+    assert row.call_id == "a"
+    [ended] = [r for r in compositor.watchers(ALICE, include_ended=True) if r.call_id == "b"]
+    assert ended.state == "terminated"
+    _, recordings = worker.decide([publish(b"open")])
+    [job] = worker.after(recordings)
+    assert job.call_id == "a"
+
+
+def test_a_restart_tells_watchers_each_change_exactly_once(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe()])
+    worker.outcomes([delivered(accepted.notify)])
+    # A change is committed, but the process dies before the notifier sees it.
+    worker.decide([publish(b"open")])
+    compositor.close()
+
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [told] = worker.tick()
+    assert b"open" in told.body and told.cseq == accepted.notify.cseq + 1
+    worker.outcomes([delivered(told)])
+    compositor.close()
+
+    # Started again: that change was told already (its position is recorded with the
+    # NOTIFY), so nobody hears of it twice.
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    assert worker.tick() == []
+    _, recordings = worker.decide([publish(b"closed")])
+    [next_one] = worker.after(recordings)
+    assert next_one.cseq == told.cseq + 1
+    compositor.close()
