@@ -312,6 +312,24 @@ class Subscription(Aggregate):
                          noticed_at=now)
         return True
 
+    def adopt(self, owner: str, now: float) -> bool:
+        """Another node takes this subscription over (its owner stopped renewing its
+        lease): from now on `owner` sends its NOTIFYs. Returns False, recording nothing,
+        when it has ended or `owner` has it already."""
+        if not owner:
+            raise ValueError("the new owner needs a name")
+        if self.state == TERMINATED or self.owner == owner:
+            return False
+        self._adopted(aor=self.aor, event_package=self.event_package,
+                      previous_owner=self.owner, owner=owner, at=now)
+        return True
+
+    @event("Adopted", topic="esc:Subscription.Adopted")
+    def _adopted(self, *, aor: str, event_package: str, previous_owner: str | None,
+                 owner: str, at: float) -> None:
+        self.owner = owner
+        self.updated_at = at
+
     @event("Terminated", topic="esc:Subscription.Terminated")
     def _terminated(self, *, aor: str, event_package: str, reason: str, expires_at: float,
                     remote_cseq: int | None, at: float, noticed_at: float) -> None:
@@ -328,4 +346,5 @@ SUBSCRIPTION_EVENT_TYPES = {
     "esc:Subscription.Refreshed": "Refreshed",
     "esc:Subscription.Notified": "Notified",
     "esc:Subscription.Terminated": "Terminated",
+    "esc:Subscription.Adopted": "Adopted",
 }

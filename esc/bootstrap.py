@@ -50,7 +50,7 @@ async def serve(settings, listens) -> int:
             policy=SubscriptionPolicy(default_expires=settings.max_subscribe_expires,
                                       min_expires=settings.min_subscribe_expires,
                                       max_expires=settings.max_subscribe_expires),
-            node=settings.node or None, max_subscriptions=settings.max_subscriptions)
+            node=_node_name(settings), max_subscriptions=settings.max_subscriptions)
 
     def start_store_process():
         # The compositor, its expiry scheduler and the notifier run in a process of their
@@ -110,6 +110,21 @@ async def serve(settings, listens) -> int:
     log.info("stopping: finishing requests in flight")
     await server.stop()
     return 0
+
+
+def _node_name(settings) -> str | None:
+    """This node's name on a store several nodes share: --node, else host name and process
+    id (a restarted node then gets a new name, and the subscriptions of its old one are
+    adopted when its lease runs out, by it or by another node). None on a store of one
+    process: it owns every subscription."""
+    if settings.node:
+        return settings.node
+    if not settings.store.lower().startswith(("postgresql:", "postgres:")):
+        return None
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _authentication(settings):

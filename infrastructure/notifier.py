@@ -44,6 +44,7 @@ from domain.subscription import DEACTIVATED, TERMINATED, TIMEOUT
 
 if TYPE_CHECKING:
     from .compositor import Compositor
+    from .leases import NodeLeases
 
 log = logging.getLogger("esc.notifier")
 
@@ -51,6 +52,7 @@ log = logging.getLogger("esc.notifier")
 POSITION_NAME = "notifier"
 #: Publication events that change a package's composed state.
 CHANGES = frozenset({"Published", "Modified", "Removed", "Expired"})
+ADOPTED_TOPIC = "esc:Subscription.Adopted"
 PAGE = 1000
 
 SubscribeResult = SubscribeAccepted | CompositorError
@@ -63,11 +65,16 @@ class NotifierConfig:
     max_subscriptions: int = 100_000  # active subscriptions held (503 past it)
     poll_interval: float = 0.1  # how often the feed is read for others' writes
     save_position_every: float = 1.0
+    # Several nodes: each renews its lease this often; one not renewed for lease_ttl is
+    # gone, and its subscriptions are adopted (within lease_ttl + lease_interval).
+    lease_interval: float = 2.0
+    lease_ttl: float = 6.0
 
 
 class Notifier:
     def __init__(self, compositor: "Compositor", config: NotifierConfig = NotifierConfig(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 leases: "NodeLeases | None" = None) -> None:
         self.compositor = compositor
         self.app = compositor.app
         self.view = compositor.view
@@ -82,7 +89,9 @@ class Notifier:
         self.position = 0
         self._position_saved = 0
         self._position_saved_at = 0.0
-        self.stats = {"notifies": 0, "folded": 0, "failed": 0, "expired": 0}
+        self.stats = {"notifies": 0, "folded": 0, "failed": 0, "expired": 0, "adopted": 0}
+        self.leases = leases if config.node else None
+        self._next_lease = 0.0
         self._load()
 
     # ---- start ----------------------------------------------------------------------------
@@ -115,6 +124,9 @@ class Notifier:
             return int(self.app.recorder.max_notification_id() or 0)
         except Exception:
             return 0
+
+    def _mine(self, subscription: Subscription) -> bool:
+        return self.config.node is None or subscription.owner == self.config.node
 
     def _hold(self, subscription: Subscription) -> None:
         self.subscriptions[subscription.id] = subscription
@@ -178,6 +190,9 @@ class Notifier:
         if request.local_tag is None:
             return self._initial(request, package.name, expires, now, touched)
         subscription = self._in_dialog(request, touched)
+        if self.config.node and subscription.owner != self.config.node:
+            # The watcher's refresh reached this node: it sends the NOTIFYs from now on.
+            subscription.adopt(self.config.node, now)
         if expires == 0:
             subscription.unsubscribe(now=now, remote_cseq=request.cseq)
         else:
@@ -340,7 +355,8 @@ class Notifier:
                 loaded = self.app.repository.get(subscription_id)
             except Exception:
                 continue
-            if isinstance(loaded, Subscription) and not loaded.final_notified:
+            if isinstance(loaded, Subscription) and not loaded.final_notified and \
+                    self._mine(loaded):
                 self._hold(loaded)
 
     # ---- the change feed -------------------------------------------------------------------
@@ -374,8 +390,10 @@ class Notifier:
                 break
             pairs = []
             for notification in notifications:
+                if notification.topic == ADOPTED_TOPIC:
+                    self._adopted_elsewhere(self.app.mapper.to_domain_event(notification))
+                    continue
                 if ":Publication." not in notification.topic:
-                    self.position = notification.id
                     continue
                 pairs.append((notification.id, self.app.mapper.to_domain_event(notification)))
             self._mark(pairs)
@@ -462,9 +480,70 @@ class Notifier:
                 self._release(subscription_id)  # the watcher is gone: no final NOTIFY
         return self._flush(now)
 
+    # ---- several nodes ------------------------------------------------------------------------
+
+    def _adopted_elsewhere(self, event: Any) -> None:
+        """Another node took over a subscription this one held: let it go."""
+        owner = getattr(event, "owner", None)
+        if owner != self.config.node and event.originator_id in self.subscriptions:
+            log.info("subscription %s adopted by %s", event.originator_id.hex, owner)
+            self.in_flight.pop(event.originator_id, None)
+            self._release(event.originator_id)
+            self.app.evict([event.originator_id])
+
+    def _keep_lease(self, now: float) -> None:
+        """Renew this node's lease; adopt the subscriptions of nodes whose lease ran out."""
+        if self.leases is None or now < self._next_lease:
+            return
+        self._next_lease = now + self.config.lease_interval
+        try:
+            self.leases.renew(self.config.node or "", self.config.lease_ttl)
+            gone = [node for node in self.leases.expired() if node != self.config.node]
+        except Exception as error:
+            log.warning("node lease not renewed: %s", error)
+            return
+        for node in gone:
+            try:
+                self._adopt_from(node, now)
+            except Exception as error:
+                log.warning("adopting the subscriptions of %s failed: %s", node, error)
+
+    def _adopt_from(self, node: str, now: float) -> None:
+        assert self.config.node is not None and self.leases is not None
+        self.compositor.catch_up()  # the view must list the other node's subscriptions
+        rows = self.view.subscriptions(owner=node, active_only=True)
+        complete = True
+        for start in range(0, len(rows), 500):
+            batch: dict[UUID, Subscription] = {}
+            for row in rows[start:start + 500]:
+                subscription_id = UUID(hex=row.id)
+                self.app.evict([subscription_id])
+                loaded = self.app.repository.get(subscription_id)
+                if isinstance(loaded, Subscription) and loaded.adopt(self.config.node, now):
+                    batch[subscription_id] = loaded
+            if not batch:
+                continue
+            try:
+                self._save(batch)
+            except Exception as error:  # another node adopted some first: leave them
+                log.info("adopting from %s: %s", node, error)
+                self.app.evict(batch)
+                complete = False
+                continue
+            for subscription in batch.values():
+                self._hold(subscription)
+                # Its old owner may have died before telling a change: tell the state now.
+                self.dirty.setdefault(subscription.id, self.position)
+            self.stats["adopted"] += len(batch)
+            log.info("adopted %d subscriptions of node %s", len(batch), node)
+        if complete:
+            self.leases.forget(node)
+
     def tick(self, now: float | None = None) -> list[NotifyJob]:
-        """End lapsed subscriptions (each gets its final NOTIFY) and read the feed."""
+        """End lapsed subscriptions (each gets its final NOTIFY), keep this node's lease,
+        and read the feed."""
         now = self.clock() if now is None else now
+        self._keep_lease(now)
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             _, subscription_id = heapq.heappop(expiries)
@@ -479,5 +558,8 @@ class Notifier:
         if self.subscriptions:
             poll = self.clock() + self.config.poll_interval
             deadline = poll if deadline is None else min(deadline, poll)
+        if self.leases is not None:
+            deadline = self._next_lease if deadline is None else min(deadline,
+                                                                     self._next_lease)
         return deadline
 

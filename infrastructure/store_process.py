@@ -58,12 +58,14 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     from .compositor import Compositor
     from .expiry import ExpiryScheduler
     from .gc_tuning import tune_for_throughput
+    from .leases import leases_for
     from .notifier import Notifier
     from .store_worker import StoreWorker
 
     try:
         compositor = Compositor.open(url, **options)
-        notifier = Notifier(compositor, notifier_config) if notifier_config else None
+        notifier = Notifier(compositor, notifier_config, leases=leases_for(compositor.app)) \
+            if notifier_config else None
     except Exception as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return

@@ -239,6 +239,9 @@ class CurrentStateView(TrackingRecorder):
             conn.execute("UPDATE subscriptions SET state = ?, reason = ?, terminated_at = ?, "
                          "updated_at = ?, version = ? WHERE id = ? AND version < ?",
                          [TERMINATED, e.reason, e.at, e.at, version, pid, version])
+        elif isinstance(e, Subscription.Adopted):
+            conn.execute("UPDATE subscriptions SET owner = ?, updated_at = ?, version = ? "
+                         "WHERE id = ? AND version < ?", [e.owner, e.at, version, pid, version])
 
     def reset(self, *, consumers: bool = True) -> None:
         """Forget the projection (a rebuild starts) and, unless `consumers` is false, the

@@ -304,7 +304,7 @@ def test_event_topics_are_explicit_and_stable():
     for topic in [*SUBSCRIPTION_EVENT_TYPES, "esc:Subscription.Snapshot", "esc:Subscription"]:
         assert get_topic(resolve_topic(topic)) == topic
     assert set(SUBSCRIPTION_EVENT_TYPES.values()) == {"Subscribed", "Refreshed", "Notified",
-                                                      "Terminated"}
+                                                      "Terminated", "Adopted"}
 
 
 # ---- replay -----------------------------------------------------------------------------------
@@ -366,3 +366,27 @@ def test_commands_and_replay_never_read_the_clock(monkeypatch):
     monkeypatch.setattr(time, "monotonic", no_clock)
     s = _lifecycle()
     assert state_of(replay(s.collect_events())) == state_of(s)
+
+
+def test_adopt_moves_ownership_once_and_never_for_an_ended_subscription():
+    from uuid import uuid4
+
+    from domain import Subscription
+
+    subscription = Subscription.subscribe(
+        id=uuid4(), aor="sip:alice@example.com", event_package="presence", call_id="c",
+        remote_tag="r", local_tag="l", watcher_uri="sip:bob@example.com",
+        watcher_contact="sip:bob@192.0.2.1", route_set=[], remote_cseq=1, transport="udp",
+        host="192.0.2.1", port=5060, expires_at=100.0, now=0.0, owner="node-a")
+    assert subscription.adopt("node-b", 1.0) is True
+    assert subscription.owner == "node-b"
+    assert subscription.adopt("node-b", 2.0) is False  # has it already
+    events = subscription.collect_events()
+    assert type(events[-1]).TOPIC == "esc:Subscription.Adopted"
+    assert events[-1].previous_owner == "node-a"
+    replayed = None
+    for e in events:
+        replayed = e.mutate(replayed)
+    assert replayed.owner == "node-b"
+    subscription.terminate(3.0, "deactivated")
+    assert subscription.adopt("node-c", 4.0) is False
