@@ -69,6 +69,7 @@ class SubscribeRequest:
     expires: int | None = None  # as requested; None: the policy's default
     route_set: tuple[str, ...] = ()
     identity: str | None = None  # the authenticated user, if any
+    local_uri: str | None = None  # the To URI: our side of the dialog (RFC 3261 12.1.1)
 
     @property
     def initial(self) -> bool:
@@ -98,6 +99,7 @@ class NotifyJob:
     body: bytes = b""
     event_id: str | None = None
     route_set: tuple[str, ...] = ()
+    local_uri: str | None = None  # the NOTIFY's From URI (the SUBSCRIBE's To); None: aor
 
     @property
     def final(self) -> bool:

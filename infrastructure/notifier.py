@@ -215,7 +215,7 @@ class Notifier:
                             request.remote_tag, request.watcher_uri, request.watcher_contact,
                             1, request.transport, request.host, request.port, TERMINATED,
                             0, TIMEOUT, state.content_type, state.body, request.event_id,
-                            request.route_set)
+                            request.route_set, local_uri=request.local_uri)
             return SubscribeAccepted("", local_tag, 0, job), None
         if len(self.subscriptions) >= self.config.max_subscriptions:
             raise StoreUnavailable(
@@ -228,7 +228,8 @@ class Notifier:
             watcher_contact=request.watcher_contact, route_set=request.route_set,
             remote_cseq=request.cseq, transport=request.transport, host=request.host,
             port=request.port, expires_at=now + expires, now=now,
-            identity=request.identity, event_id=request.event_id, owner=self.config.node)
+            identity=request.identity, event_id=request.event_id, owner=self.config.node,
+            local_uri=request.local_uri)
         touched[subscription_id] = subscription
         self._hold(subscription)
         job = self._notify_now(subscription, now, touched)
@@ -294,7 +295,8 @@ class Notifier:
                          subscription.watcher_contact, notify.cseq, subscription.transport,
                          subscription.host, subscription.port, state_name, expires_in,
                          reason, state.content_type, state.body, subscription.event_id,
-                         subscription.route_set)
+                         subscription.route_set,
+                         local_uri=getattr(subscription, "local_uri", None))
 
     def _flush(self, now: float) -> list[NotifyJob]:
         """A NOTIFY for every dirty subscription with none in flight, recorded in one save."""

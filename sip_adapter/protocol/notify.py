@@ -76,7 +76,7 @@ def render_notify(job: NotifyJob, *, transport: str, sent_by: tuple[str, int], b
     ]
     lines.extend(f"Route: {route}" for route in job.route_set)
     lines += [
-        f"From: <{job.aor}>;tag={job.local_tag}",
+        f"From: <{job.local_uri or job.aor}>;tag={job.local_tag}",
         f"To: <{job.watcher_uri}>;tag={job.remote_tag}",
         f"Call-ID: {job.call_id}",
         f"CSeq: {job.cseq} NOTIFY",

@@ -148,4 +148,5 @@ def to_subscribe_request(request: Request, origin: Origin, *, identity: str | No
         watcher_uri=from_.uri, watcher_contact=contact_uri, transport=origin.transport,
         host=host, port=port, local_tag=to.tag if to is not None else None,
         event_id=event_id, expires=expires, route_set=route_set, identity=identity,
+        local_uri=to.uri if to is not None else None,
     )
