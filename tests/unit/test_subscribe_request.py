@@ -64,7 +64,7 @@ def test_an_initial_subscribe():
         remote_tag="fromtag1", cseq=7, watcher_uri="sip:bob@example.org",
         watcher_contact="sip:bob@192.0.2.7:5062;transport=udp", transport="udp",
         host="192.0.2.7", port=5062, local_tag=None, event_id=None, expires=600,
-        route_set=(), identity="bob")
+        route_set=(), identity="bob", local_uri="sip:alice@example.com")
     assert request.initial
 
 
