@@ -84,6 +84,8 @@ class Notifier:
         self.subscriptions: dict[UUID, Subscription] = {}
         self.by_resource: dict[tuple[str, str], set[UUID]] = {}
         self._expiries: list[tuple[float, UUID]] = []
+        # NOTIFYs answered with a Retry-After: their state is sent again when it passes.
+        self._retries: list[tuple[float, UUID]] = []
         self.in_flight: dict[UUID, int] = {}  # subscription -> CSeq of its NOTIFY out
         self.dirty: dict[UUID, int] = {}  # subscription -> first change position not told
         self.position = 0
@@ -461,7 +463,13 @@ class Notifier:
                 continue
             if self.in_flight.get(subscription_id) == outcome.cseq:
                 del self.in_flight[subscription_id]
+            if outcome.delivered:
+                continue
             if not outcome.ends_subscription:
+                # Not told, but asked to wait: tell the state again after Retry-After.
+                if subscription_id in self.subscriptions:
+                    heapq.heappush(self._retries, (
+                        now + max(1, min(outcome.retry_after or 1, 3600)), subscription_id))
                 continue
             self.stats["failed"] += 1
             subscription = self.subscriptions.get(subscription_id)
@@ -552,11 +560,19 @@ class Notifier:
             subscription = self.subscriptions.get(subscription_id)
             if subscription is not None and subscription.is_lapsed(now):
                 self.dirty.setdefault(subscription_id, self.position)
+        retries = self._retries
+        while retries and retries[0][0] <= now:
+            _, subscription_id = heapq.heappop(retries)
+            if subscription_id in self.subscriptions:
+                self.dirty.setdefault(subscription_id, self.position)
         return self.poll(now)
 
     def next_deadline(self) -> float | None:
         """Epoch seconds of the next timer: a lapse, or the next feed poll."""
         deadline = self._expiries[0][0] if self._expiries else None
+        if self._retries:
+            deadline = self._retries[0][0] if deadline is None else min(deadline,
+                                                                       self._retries[0][0])
         if self.subscriptions:
             poll = self.clock() + self.config.poll_interval
             deadline = poll if deadline is None else min(deadline, poll)

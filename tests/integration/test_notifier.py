@@ -147,9 +147,16 @@ def test_a_failed_notify_ends_the_subscription_unless_it_says_retry_after(tmp_pa
     assert row.call_id == "a"
     [ended] = [r for r in compositor.watchers(ALICE, include_ended=True) if r.call_id == "b"]
     assert ended.state == "terminated"
+    # "a" asked to wait 5 s: its state is told again then (and a change meanwhile folds
+    # into that NOTIFY rather than going first).
     _, recordings = worker.decide([publish(b"open")])
     [job] = worker.after(recordings)
     assert job.call_id == "a"
+    worker.outcomes([delivered(job, 503, retry_after=5)])
+    assert worker.tick() == []
+    clock.now += 6
+    [again] = worker.tick()
+    assert again.call_id == "a" and again.cseq == job.cseq + 1 and b"open" in again.body
 
 
 def test_a_restart_tells_watchers_each_change_exactly_once(tmp_path, clock):
