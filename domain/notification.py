@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import IntervalTooBrief
+from .requests import within_bounds
 
 ACTIVE, TERMINATED = "active", "terminated"
 
@@ -37,11 +37,7 @@ class SubscriptionPolicy:
         """The expiry granted; 0 for an unsubscribe or a fetch. Raises IntervalTooBrief."""
         if requested is None:
             return min(max(self.default_expires, self.min_expires), self.max_expires)
-        if requested == 0:
-            return 0
-        if requested < self.min_expires:
-            raise IntervalTooBrief(self.min_expires)
-        return min(requested, self.max_expires)
+        return within_bounds(requested, self.min_expires, self.max_expires)
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,17 @@ class ExpiryPolicy:
             requested = package.default_expires or self.default_expires
         if requested < 0:
             raise IntervalTooBrief(self.min_expires)
-        if requested == 0:
-            return 0
-        if requested < self.min_expires:
-            raise IntervalTooBrief(self.min_expires)
-        return min(requested, self.max_expires)
+        return within_bounds(requested, self.min_expires, self.max_expires)
+
+
+def within_bounds(requested: int, min_expires: int, max_expires: int) -> int:
+    """An expiry the server grants (RFC 3903 section 6, RFC 6665 section 4.2.1.1): 0 stays 0
+    (remove, unsubscribe), a shorter one is refused with 423, a longer one is shortened."""
+    if requested == 0:
+        return 0
+    if requested < min_expires:
+        raise IntervalTooBrief(min_expires)
+    return min(requested, max_expires)
 
 
 @dataclass(frozen=True)

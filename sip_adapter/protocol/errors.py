@@ -11,7 +11,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .messages import Request
 
-__all__ = ["ParseError"]
+__all__ = ["ParseError", "Refused"]
+
+
+class Refused(Exception):
+    """A well-formed request the server refuses before it reaches the store (a PUBLISH or
+    SUBSCRIBE that cannot become a domain request): the status to answer, its reason
+    phrase and the header fields the answer must carry (Allow-Events with a 489, ...)."""
+
+    def __init__(self, status: int, reason: str,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
 
 
 class ParseError(Exception):

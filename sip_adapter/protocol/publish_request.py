@@ -5,20 +5,13 @@ from __future__ import annotations
 from domain import Audit, PublishRequest
 
 from .abnf import delta_seconds
-from .errors import ParseError
+from .errors import ParseError, Refused
 from .messages import Request
 from .routing import Origin
 
 
-class BadPublish(Exception):
+class BadPublish(Refused):
     """A PUBLISH that cannot become a compositor request; carries the status to answer."""
-
-    def __init__(self, status: int, reason: str,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or []
 
 
 def to_publish_request(request: Request, origin: Origin, identity: str | None = None,

@@ -16,7 +16,7 @@ from typing import Sequence
 from domain.notification import SubscribeRequest
 
 from . import abnf
-from .errors import ParseError
+from .errors import ParseError, Refused
 from .headers import split_list
 from .messages import Request
 from .routing import Origin
@@ -26,16 +26,9 @@ from .values import NameAddr
 __all__ = ["BadSubscribe", "to_subscribe_request", "parse_event"]
 
 
-class BadSubscribe(Exception):
+class BadSubscribe(Refused):
     """A SUBSCRIBE that cannot become a notifier request; carries the status to answer and
     the header fields the answer must carry (Allow-Events with a 489)."""
-
-    def __init__(self, status: int, reason: str,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or []
 
 
 # RFC 6665 section 8.4:
