@@ -173,3 +173,57 @@ def test_database_outage_gives_503_with_retry_after_then_heals_without_restart(p
     aors = {r["aor"] for r in feed(a)}
     assert aors == {"sip:before1@127.0.0.1", "sip:after1@127.0.0.1",
                     "sip:afterb1@127.0.0.1"}, "nothing of the refused requests is stored"
+
+
+def test_watchers_hear_every_node_and_survive_the_loss_of_theirs(pg, tmp_path):  # noqa: F811
+    """A watcher subscribed on node a hears of a PUBLISH made on node b (node a follows the
+    shared feed); node a is killed; node b adopts the subscription once a's lease has run
+    out and the watcher hears the next state from b, within 10 s of the kill."""
+    import shutil
+    import subprocess
+
+    url = pg.url(connect_timeout="2")
+    workdirs = [tmp_path / "node-a", tmp_path / "node-b"]
+    for workdir in workdirs:
+        workdir.mkdir()
+    a = start_server(workdirs[0], "--node", "a", store=url)
+    b = start_server(workdirs[1], "--node", "b", store=url)
+    try:
+        watcher_dir = tmp_path / "watcher"
+        watcher_dir.mkdir()
+        from .conftest import SCENARIOS, free_port
+
+        watcher = subprocess.Popen(
+            [shutil.which("sipp") or "sipp", f"127.0.0.1:{a.ports['udp']}",
+             "-sf", str(SCENARIOS / "multinode_watch.xml"), "-i", "127.0.0.1",
+             "-p", str(free_port()), "-t", "u1", "-m", "1", "-nostdin", "-trace_err",
+             "-trace_msg", "-key", "user", "alice", "-timeout", "40s", "-timeout_error"],
+            cwd=watcher_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 10
+            while not a.esc("watchers", "--json").stdout.strip().startswith("[{"):
+                assert time.monotonic() < deadline, "the subscription never showed"
+                time.sleep(0.2)
+            assert_sipp_ok(run_sipp(b, "multinode_publish_status.xml", extra=(
+                "-key", "user", "alice", "-key", "status", "open", "-key", "tuple", "t1")))
+            time.sleep(1.0)  # the watcher has been told "open" by node a
+            a.kill()
+            killed = time.monotonic()
+            assert_sipp_ok(run_sipp(b, "multinode_publish_status.xml", extra=(
+                "-key", "user", "alice", "-key", "status", "closed", "-key", "tuple", "t2")))
+            out, err = watcher.communicate(timeout=45)
+            took = time.monotonic() - killed
+            logs = "".join(p.read_text(errors="replace")
+                           for p in sorted(watcher_dir.glob("*_messages.log")))
+            assert watcher.returncode == 0, f"{err[-2000:]}\n{logs[-4000:]}"
+            assert took < 10.0, f"node b took {took:.1f} s to take the watcher over"
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+        [row] = json.loads(b.esc("watchers", "--json").stdout)
+        assert row["owner"] == "b"
+        assert f":{b.ports['udp']};" in logs or f":{b.ports['udp']}>" in logs or \
+            f"127.0.0.1:{b.ports['udp']}" in logs  # the last NOTIFY came from node b
+    finally:
+        for server in (a, b):
+            server.stop()
