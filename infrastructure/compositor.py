@@ -65,6 +65,7 @@ class Compositor:
         self.commands = CommandSide(self.app, self.projection, packages, policy,
                                     max_per_resource, random_bytes or RandomPool().take)
         self.queries = Queries(self.app, self.projection, packages)
+        self.projection.check_store()
         self.catch_up()
 
     @classmethod

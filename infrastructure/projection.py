@@ -67,6 +67,22 @@ class CurrentState(Projection[CurrentStateView]):
         return self._replay_into(self.view, self.view.max_tracking_id(self.app.name) or 0,
                                  page)
 
+    def check_store(self) -> bool:
+        """A view ahead of its store's notification log was made from another store (a
+        view file left behind when the store was replaced): its rows and every consumer's
+        position describe events this store does not have. Forget them all (they are
+        rebuilt by the next catch-up). Returns whether it did."""
+        position = self.view.max_tracking_id(self.app.name) or 0
+        if not position:
+            return False
+        head = self.app.recorder.max_notification_id() or 0
+        if position <= head:
+            return False
+        log.warning("the view has applied %d events but the store holds %d: it belongs to "
+                    "another store; rebuilding it", position, head)
+        self.view.reset(consumers=True)
+        return True
+
     def follow(self) -> None:
         """With a store that other nodes write too, catch the view up before it is read
         (one indexed query when nothing is new). If the store is down, the view is read as

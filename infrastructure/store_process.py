@@ -167,6 +167,7 @@ class StoreProcess:
         self._failure: asyncio.Future[str] = loop.create_future()
         # Where the NOTIFYs the store's notifier produces go (the server's sender).
         self.notify_sink: Callable[[list[NotifyJob]], None] | None = None
+        self._closing = False
         self._inbox = bytearray()
         self._outbox = bytearray()
         self._fd = conn.fileno()
@@ -296,7 +297,10 @@ class StoreProcess:
         # refuse from here on rather than risk a wrong answer.
         if self._failure.done():
             return
-        log.error("store process unusable (%s)", why)
+        if self._closing:  # it exited because we asked it to
+            log.debug("store process stopped (%s)", why)
+        else:
+            log.error("store process unusable (%s)", why)
         self._failure.set_result(why)
         pending, self._pending = self._pending, {}
         for future, count in pending.values():
@@ -318,6 +322,7 @@ class StoreProcess:
 
     async def close(self, timeout: float = 10.0) -> None:
         """Let the child finish what it was sent, then stop it; kill it if it lingers."""
+        self._closing = True
         if not self._failure.done():
             self._write(_END_FRAME)
             # Answers still due are read by the loop while we wait for the exit.

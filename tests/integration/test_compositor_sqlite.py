@@ -461,3 +461,28 @@ def test_the_memory_store_serves_the_whole_api(open_compositor, pidf):
     again = c.publish(ALICE, "presence", body=pidf(), content_type=PIDF, now=NOW + 20)
     assert c.find(ALICE, again.etag, now=NOW + 20) is not None
     assert [r.position for r in c.feed()] == [1]
+
+
+def test_a_view_left_from_another_store_is_rebuilt_not_trusted(tmp_path, pidf):
+    """The store file was replaced but its view file stayed: the view has applied more
+    events than the new store holds, so it is forgotten and rebuilt from this store."""
+    import shutil
+
+    from infrastructure import Compositor
+
+    url = f"sqlite:///{tmp_path}/esc.sqlite3"
+    with Compositor.open(url) as old:
+        for n in range(5):
+            old.publish(f"sip:old{n}@example.com", "presence", body=pidf("open"),
+                        content_type=PIDF, expires=600)
+    view = next(p for p in tmp_path.iterdir() if p.name.endswith("-view"))
+    kept = tmp_path / "kept-view"
+    shutil.copy(view, kept)
+    for path in tmp_path.glob("esc.sqlite3*"):
+        path.unlink()
+    shutil.copy(kept, view)
+    with Compositor.open(url) as new:
+        new.publish("sip:new@example.com", "presence", body=pidf("open"),
+                    content_type=PIDF, expires=600)
+        assert [f.aor for f in new.list()] == ["sip:new@example.com"]
+        assert [r.type for r in new.history("sip:new@example.com")] == ["Published"]
