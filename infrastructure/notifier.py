@@ -63,6 +63,7 @@ class NotifierConfig:
     policy: SubscriptionPolicy = SubscriptionPolicy()
     node: str | None = None  # this node's name: it sends the NOTIFYs of what it owns
     max_subscriptions: int = 100_000  # active subscriptions held (503 past it)
+    max_subscription_bytes: int = 256 * 1024 * 1024  # their estimated size (503 past it)
     poll_interval: float = 0.1  # how often the feed is read for others' writes
     save_position_every: float = 1.0
     # Several nodes: each renews its lease this often; one not renewed for lease_ttl is
@@ -82,6 +83,7 @@ class Notifier:
         self.policy = config.policy
         self.clock = clock
         self.subscriptions: dict[UUID, Subscription] = {}
+        self.held_bytes = 0  # estimated memory of the subscriptions held
         self.by_resource: dict[tuple[str, str], set[UUID]] = {}
         self._expiries: list[tuple[float, UUID]] = []
         # NOTIFYs answered with a Retry-After: their state is sent again when it passes.
@@ -131,6 +133,8 @@ class Notifier:
         return self.config.node is None or subscription.owner == self.config.node
 
     def _hold(self, subscription: Subscription) -> None:
+        if subscription.id not in self.subscriptions:
+            self.held_bytes += _size(subscription)
         self.subscriptions[subscription.id] = subscription
         key = (subscription.aor, subscription.event_package)
         self.by_resource.setdefault(key, set()).add(subscription.id)
@@ -141,6 +145,7 @@ class Notifier:
         self.dirty.pop(subscription_id, None)
         if subscription is None:
             return
+        self.held_bytes -= _size(subscription)
         key = (subscription.aor, subscription.event_package)
         ids = self.by_resource.get(key)
         if ids is not None:
@@ -219,7 +224,8 @@ class Notifier:
                             0, TIMEOUT, state.content_type, state.body, request.event_id,
                             request.route_set, local_uri=request.local_uri)
             return SubscribeAccepted("", local_tag, 0, job), None
-        if len(self.subscriptions) >= self.config.max_subscriptions:
+        if len(self.subscriptions) >= self.config.max_subscriptions or \
+                self.held_bytes >= self.config.max_subscription_bytes:
             raise StoreUnavailable(
                 f"{self.config.max_subscriptions} subscriptions are active", retry_after=60)
         subscription_id = uuid4()
@@ -581,3 +587,17 @@ class Notifier:
                                                                      self._next_lease)
         return deadline
 
+
+# What one held subscription costs beyond its strings (the aggregate, its dict, the
+# indexes, its copy in the application's cache): 10,000 subscriptions with short strings
+# (about 100 bytes each) measured 2.36 KB apiece with tracemalloc (2026-11-30).
+SUBSCRIPTION_OVERHEAD = 2300
+
+
+def _size(subscription: Subscription) -> int:
+    """An estimate of a held subscription's memory: its variable-length strings (a hostile
+    SUBSCRIBE can make them large, up to a message's size) plus a fixed overhead."""
+    return SUBSCRIPTION_OVERHEAD + sum(len(text) for text in (
+        subscription.call_id, subscription.remote_tag, subscription.local_tag,
+        subscription.watcher_uri, subscription.watcher_contact, subscription.aor,
+        *subscription.route_set)) + len(getattr(subscription, "local_uri", None) or "")

@@ -181,3 +181,31 @@ def test_a_restart_tells_watchers_each_change_exactly_once(tmp_path, clock):
     [next_one] = worker.after(recordings)
     assert next_one.cseq == told.cseq + 1
     compositor.close()
+
+
+def test_subscriptions_are_bounded_in_count_and_in_bytes(tmp_path, clock):
+    compositor = Compositor.open(f"sqlite:///{tmp_path}/esc.sqlite3", clock=clock)
+    notifier = Notifier(compositor, NotifierConfig(max_subscriptions=3,
+                                                   max_subscription_bytes=10 ** 9), clock=clock)
+    worker = StoreWorker(compositor, notifier)
+    results, _ = worker.decide([subscribe(call_id=f"c{n}") for n in range(4)])
+    assert [type(r).__name__ for r in results] == ["SubscribeAccepted"] * 3 + [
+        "StoreUnavailable"]
+    assert results[3].retry_after > 0
+    compositor.close()
+
+    compositor = Compositor.open(f"sqlite:///{tmp_path}/other.sqlite3", clock=clock)
+    notifier = Notifier(compositor, NotifierConfig(max_subscriptions=1000,
+                                                   max_subscription_bytes=20_000), clock=clock)
+    worker = StoreWorker(compositor, notifier)
+    big = [SubscribeRequest(aor=ALICE, event="presence", call_id=f"big{n}", remote_tag="w",
+                            cseq=1, watcher_uri="sip:bob@example.com",
+                            watcher_contact="sip:bob@127.0.0.1:5070", transport="udp",
+                            host="127.0.0.1", port=5070, expires=600,
+                            route_set=("<sip:proxy.example.com;lr>" + "x" * 4000,))
+           for n in range(10)]
+    results, _ = worker.decide(big)
+    accepted = sum(isinstance(r, SubscribeAccepted) for r in results)
+    assert 2 <= accepted <= 4  # each holds about 6.4 KB of 20,000
+    assert notifier.held_bytes <= 20_000 + 7_000
+    compositor.close()
