@@ -1276,11 +1276,13 @@ def finalize_args(p: argparse.ArgumentParser, args) -> None:
     args.peers = args.peers.resolve()
 
 
-def reexec_in_netns(args) -> int:
-    """Run this same command inside `unshare -n` (new network namespace, lo up)."""
+def reexec_in_netns(args, script: Path | None = None) -> int:
+    """Run this same command inside `unshare -n` (new network namespace, lo up).
+    `script`: the benchmark file to run there (default this one; bench/notify_bench.py
+    passes its own)."""
     argv = [a for a in sys.argv[1:]]
     cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-           sys.executable, str(Path(__file__).resolve()), *argv,
+           sys.executable, str((script or Path(__file__)).resolve()), *argv,
            "--no-netns", "--out", str(args.out)]
     env = dict(os.environ, **{NETNS_ENV: "1"})
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
