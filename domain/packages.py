@@ -71,6 +71,9 @@ class EventPackage:
     default_expires: int | None = None
     validator: BodyValidator | None = None
     composer: Composer = field(default=newest_composer)
+    # Does the composed document carry a per-subscription version (dialog-info does, RFC
+    # 4235)? If not, one composition serves every watcher of a resource.
+    versioned: bool = False
 
     def accepts(self, content_type: str) -> bool:
         return self.content_types is None or content_type in self.content_types
@@ -96,7 +99,7 @@ PRESENCE = EventPackage(
 )
 DIALOG = EventPackage(
     "dialog", ("application/dialog-info+xml",), validator=well_formed_xml,
-    composer=dialog_composer,
+    composer=dialog_composer, versioned=True,
 )
 MESSAGE_SUMMARY = EventPackage("message-summary", ("application/simple-message-summary",))
 

@@ -64,6 +64,13 @@ class NotifierConfig:
     node: str | None = None  # this node's name: it sends the NOTIFYs of what it owns
     max_subscriptions: int = 100_000  # active subscriptions held (503 past it)
     max_subscription_bytes: int = 256 * 1024 * 1024  # their estimated size (503 past it)
+    # NOTIFYs out at once, over all subscriptions: past it, changes wait (and fold) in
+    # their subscriptions until answers come back, so a notifier that outpaces its
+    # watchers, or the SIP process, slows down instead of piling up retransmissions.
+    max_in_flight: int = 2000
+    # NOTIFYs recorded in one step: the store process handles waiting PUBLISH batches
+    # between steps, so a burst of NOTIFYs never holds PUBLISH answers up for long.
+    max_per_flush: int = 256
     poll_interval: float = 0.1  # how often the feed is read for others' writes
     save_position_every: float = 1.0
     # Several nodes: each renews its lease this often; one not renewed for lease_ttl is
@@ -96,6 +103,7 @@ class Notifier:
         self.stats = {"notifies": 0, "folded": 0, "failed": 0, "expired": 0, "adopted": 0}
         self.leases = leases if config.node else None
         self._next_lease = 0.0
+        self._next_poll = 0.0
         self._load()
 
     # ---- start ----------------------------------------------------------------------------
@@ -290,7 +298,9 @@ class Notifier:
             state_name = "active"
             expires_in = max(0, int(subscription.expires_at - now))
             reason = None
-        key = (subscription.aor, subscription.event_package, notify.version)
+        package = self.compositor.packages.get(subscription.event_package)
+        key = (subscription.aor, subscription.event_package,
+               notify.version if package.versioned else 0)
         state = states.get(key) if states is not None else None
         if state is None:
             state = self.compositor.state(subscription.aor, subscription.event_package,
@@ -308,7 +318,15 @@ class Notifier:
 
     def _flush(self, now: float) -> list[NotifyJob]:
         """A NOTIFY for every dirty subscription with none in flight, recorded in one save."""
-        ready = [sid for sid in self.dirty if sid not in self.in_flight]
+        room = min(self.config.max_in_flight - len(self.in_flight),
+                   self.config.max_per_flush)
+        ready = []
+        if room > 0:
+            for sid in self.dirty:  # oldest change first
+                if sid not in self.in_flight:
+                    ready.append(sid)
+                    if len(ready) >= room:
+                        break
         if not ready:
             self._save_position(now)
             return []
@@ -352,6 +370,10 @@ class Notifier:
         with self.app.lock:
             recordings = self.app.save_batch(touched.values())  # type: ignore[arg-type]
         self.compositor.project(recordings)
+        if recordings and recordings[0].notification.id == self.position + 1:
+            # Our own events, right after what this consumer has read: nothing in them
+            # for it, so step over them rather than read them back from the feed.
+            self.position = recordings[-1].notification.id
         for subscription in touched.values():
             if subscription.final_notified:
                 self._release(subscription.id)
@@ -454,10 +476,14 @@ class Notifier:
 
     # ---- outcomes and timers -----------------------------------------------------------------
 
-    def outcomes(self, outcomes: Sequence[NotifyOutcome],
-                 now: float | None = None) -> list[NotifyJob]:
+    def flush(self, now: float | None = None) -> list[NotifyJob]:
+        """Record and hand out the NOTIFYs that are due now."""
+        return self._flush(self.clock() if now is None else now)
+
+    def outcomes(self, outcomes: Sequence[NotifyOutcome], now: float | None = None, *,
+                 flush: bool = True) -> list[NotifyJob]:
         """What became of NOTIFYs: the next one of each subscription may go; a failed one
-        ends its subscription."""
+        ends its subscription. `flush` false: only take note (the caller flushes)."""
         now = self.clock() if now is None else now
         ended: dict[UUID, Subscription] = {}
         for outcome in outcomes:
@@ -494,7 +520,7 @@ class Notifier:
                 self._forget(ended)
             for subscription_id in ended:
                 self._release(subscription_id)  # the watcher is gone: no final NOTIFY
-        return self._flush(now)
+        return self._flush(now) if flush else []
 
     # ---- several nodes ------------------------------------------------------------------------
 
@@ -571,6 +597,9 @@ class Notifier:
             _, subscription_id = heapq.heappop(retries)
             if subscription_id in self.subscriptions:
                 self.dirty.setdefault(subscription_id, self.position)
+        if now < self._next_poll:
+            return self._flush(now)  # a step of NOTIFYs only; the feed was read just now
+        self._next_poll = now + self.config.poll_interval
         return self.poll(now)
 
     def next_deadline(self) -> float | None:
@@ -585,7 +614,15 @@ class Notifier:
         if self.leases is not None:
             deadline = self._next_lease if deadline is None else min(deadline,
                                                                      self._next_lease)
+        if self._more_ready():
+            return self.clock()  # the next step is due at once (after waiting batches)
         return deadline
+
+    def _more_ready(self) -> bool:
+        """Are there dirty subscriptions that could get a NOTIFY now?"""
+        if len(self.in_flight) >= self.config.max_in_flight or not self.dirty:
+            return False
+        return any(sid not in self.in_flight for sid in self.dirty)
 
 
 # What one held subscription costs beyond its strings (the aggregate, its dict, the

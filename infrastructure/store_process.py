@@ -94,55 +94,48 @@ def _serve(conn: Any, worker: Any, send_notifies: Any) -> None:
     the notifier's timer in between."""
     import time
 
-    later: list[Any] = []  # messages read while merging batches, handled next
     while True:
-        if later:
-            message = later.pop(0)
-        else:
-            deadline = worker.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
-            if not conn.poll(timeout):
-                send_notifies(worker.tick())
-                continue
+        deadline = worker.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        if not conn.poll(timeout):
+            send_notifies(worker.tick())
+            continue
+        # Everything waiting in the pipe is taken together: batches that queued up while
+        # the last one committed are decided and committed together (one transaction,
+        # one fsync), in order, each still answered on its own, so under load the group
+        # commit grows by itself; NOTIFY outcomes are taken note of together, and the
+        # NOTIFYs they free are recorded in one save after the batches are answered.
+        batches: list[Any] = []
+        outcomes: list[Any] = []
+        waiting, stopping = 0, False
+        while True:
             try:
                 message = conn.recv()
             except EOFError:
-                return
-        if message is None:
-            return
-        if message[0] == "outcomes":
-            send_notifies(worker.outcomes(message[1]))
-            continue
-        # Batches that queued up in the pipe while the last one committed are decided
-        # and committed together (one transaction, one fsync), in order, each still
-        # answered on its own. Under load this grows the group commit by itself.
-        batches = [message]
-        waiting = len(message[1])
-        stopping = False
-        while waiting < MAX_MERGED_REQUESTS and conn.poll(0):
-            try:
-                more = conn.recv()
-            except EOFError:
                 stopping = True
                 break
-            if more is None:
+            if message is None:
                 stopping = True
                 break
-            if more[0] == "outcomes":
-                later.append(more)
-                continue
-            batches.append(more)
-            waiting += len(more[1])
-        requests = [r for _, batch_requests in batches for r in batch_requests]
-        # Answer as soon as the batch is durable; the read model follows before the
-        # next batch is decided (its per-resource limit reads the view), then the
-        # notifier turns the new events into NOTIFYs.
-        results, recordings = worker.decide(requests)
-        start = 0
-        for sequence, batch_requests in batches:
-            conn.send((sequence, results[start:start + len(batch_requests)]))
-            start += len(batch_requests)
-        send_notifies(worker.after(recordings))
+            if message[0] == "outcomes":
+                outcomes.extend(message[1])
+            else:
+                batches.append(message)
+                waiting += len(message[1])
+            if waiting >= MAX_MERGED_REQUESTS or not conn.poll(0):
+                break
+        recordings: list[Any] = []
+        if batches:
+            requests = [r for _, batch_requests in batches for r in batch_requests]
+            # Answer as soon as the batch is durable; the read model follows before the
+            # next batch is decided (its per-resource limit reads the view), then the
+            # notifier turns the new events into NOTIFYs.
+            results, recordings = worker.decide(requests)
+            start = 0
+            for sequence, batch_requests in batches:
+                conn.send((sequence, results[start:start + len(batch_requests)]))
+                start += len(batch_requests)
+        send_notifies(worker.after(recordings, outcomes))
         if stopping:
             return
 

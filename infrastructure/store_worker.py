@@ -62,13 +62,20 @@ class StoreWorker:
                 results[index] = InternalError("unknown request type")
         return results, recordings
 
-    def after(self, recordings: Sequence[Recording]) -> list[NotifyJob]:
-        """Once the batch is answered: the view follows it, the notifier consumes it."""
+    def after(self, recordings: Sequence[Recording],
+              outcomes: Sequence[NotifyOutcome] = ()) -> list[NotifyJob]:
+        """Once the batch is answered: the view follows it, the notifier takes note of the
+        NOTIFY outcomes that arrived with it and consumes the new events, then records and
+        hands out the NOTIFYs due (one save for all of them)."""
         self.compositor.project(recordings)
         if self.notifier is None:
             return []
         try:
-            return self.notifier.on_recordings(recordings)
+            if outcomes:
+                self.notifier.outcomes(outcomes, flush=False)
+            if recordings:
+                return self.notifier.on_recordings(recordings)
+            return self.notifier.flush()
         except Exception:  # the next poll reads the feed again
             log.exception("the notifier failed on a batch")
             return []

@@ -13,6 +13,7 @@ to the store in batches (one message per turn of the loop).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any, Callable, Protocol
 
 from domain import NotifyJob, NotifyOutcome
@@ -24,6 +25,9 @@ from ..protocol.notify import new_branch, render_notify
 from ..protocol.routing import Origin
 
 log = logging.getLogger("esc.notify")
+
+#: NOTIFYs sent per turn of the event loop (about 1 ms of work).
+SENDS_PER_TURN = 32
 
 
 class Link(Protocol):
@@ -52,6 +56,11 @@ class NotifySender:
         self.user_agent = user_agent
         self.transactions: ClientTransactions = ClientTransactions(max_entries=max_transactions)
         self._outcomes: list[NotifyOutcome] = []
+        # Jobs handed over but not yet sent: sent a few per turn of the event loop, so a
+        # burst of NOTIFYs never holds up the answers to PUBLISHes read meanwhile. (Its
+        # length is bounded by the notifier's limit on NOTIFYs in flight.)
+        self._queue: deque[NotifyJob] = deque()
+        self._draining = False
         self._timer: Any = None
         self._timer_at: float | None = None
         self.stats = {"sent": 0, "retransmitted": 0, "delivered": 0, "failed": 0}
@@ -59,14 +68,25 @@ class NotifySender:
     # ---- out -----------------------------------------------------------------------------
 
     def send(self, jobs: list[NotifyJob]) -> None:
+        self._queue.extend(jobs)
+        if not self._draining:
+            self._draining = True
+            self._drain()
+
+    def _drain(self) -> None:
         now = self._clock()
-        for job in jobs:
+        for _ in range(min(len(self._queue), SENDS_PER_TURN)):
+            job = self._queue.popleft()
             try:
                 self._send(job, now)
             except Exception:  # one NOTIFY's failure never touches the others
                 log.exception("sending a NOTIFY to %s:%s failed", job.host, job.port)
                 self._outcome(job, 408)
         self._arm()
+        if self._queue:
+            self._call_soon(self._drain)
+        else:
+            self._draining = False
 
     def _send(self, job: NotifyJob, now: float) -> None:
         destination = (job.host, job.port)
