@@ -23,7 +23,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.messages import Response
 from ..protocol.rate_limit import Verdict
 from ..protocol.routing import Origin
-from ..protocol.service import Outgoing, Pending, ServiceConfig, SipService
+from ..protocol.service import Outgoing, Pending, RequestDone, ServiceConfig, SipService
 from .notify_sender import NotifySender
 from .store_gateway import GatewayConfig, StoreGateway
 from .transport import ServerHooks, TCPProtocol, UDPProtocol
@@ -100,6 +100,7 @@ class SipServer:
         self._local_towards: dict[str, str] = {}  # peer IP -> our IP as it sees us
         self._tasks: list[asyncio.Task] = []
         self._transaction_timer: asyncio.TimerHandle | None = None
+        self._request_listeners: list[Callable[[RequestDone], None]] = []
         self.hooks = ServerHooks(
             limits=config.limits, now=self.now, accepting=lambda: self.accepting,
             admit=self.admit, retry_after=self.retry_after, dispatch=self.dispatch,
@@ -120,6 +121,18 @@ class SipServer:
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    def add_request_listener(self, listener: Callable[[RequestDone], None]) -> None:
+        """Be told of every request answered with a final response (request logs,
+        metrics). Listeners run on the event loop: they must be quick."""
+        self._request_listeners.append(listener)
+        listeners = tuple(self._request_listeners)
+
+        def tell_all(done: RequestDone) -> None:
+            for each in listeners:
+                each(done)
+
+        self.service.on_done = listeners[0] if len(listeners) == 1 else tell_all
 
     # ---- start / stop ------------------------------------------------------------------------
 

@@ -119,6 +119,26 @@ class PendingSubscribe:
 Pending: TypeAlias = PendingPublish | PendingSubscribe
 
 
+@dataclass(frozen=True)
+class RequestDone:
+    """One request answered with its final response: what a request log line and the
+    request metrics are made of. Times are the caller's clock (`now`)."""
+
+    method: str
+    status: int
+    resource: str | None  # the address of record, when the Request-URI has one
+    event: str | None  # the Event header as sent
+    origin: Origin
+    call_id: str | None
+    identity: str | None  # the authenticated user, when known
+    received_at: float
+    answered_at: float
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.answered_at - self.received_at)
+
+
 @dataclass
 class Received:
     replies: list[Outgoing] = field(default_factory=list)
@@ -156,6 +176,9 @@ class SipService:
         self.store_available = True
         self.unavailable_retry_after = 2
         self.stats = {"requests": 0, "retransmissions": 0, "parse_errors": 0, "dropped": 0}
+        # Told of every request answered with a final response (request logs, metrics);
+        # None: nobody listens, and nothing is built.
+        self.on_done: Callable[[RequestDone], None] | None = None
 
     # ---- in -------------------------------------------------------------------------------
 
@@ -179,7 +202,7 @@ class SipService:
         if isinstance(message, ParseError):
             if refused:
                 return Received()
-            return self._parse_error(message, origin)
+            return self._parse_error(message, origin, now)
         if not isinstance(message, Request):
             return Received()  # a response: we are a UAS only, nothing to match it to
         self.stats["requests"] += 1
@@ -336,25 +359,49 @@ class SipService:
                 status, reason = 200, "OK"
                 headers = [("SIP-ETag", result.etag), ("Expires", str(result.expires))]
             return self._answer(pending.request, pending.origin, pending.key, now, status,
-                                reason, headers, to_tag=to_tag).replies[0]
+                                reason, headers, to_tag=to_tag, pending=pending).replies[0]
         except Exception as error:  # never leave the transaction open
             log.error("internal error answering a PUBLISH from %s: %s: %s",
                       pending.origin.describe(), type(error).__name__, error)
             return self._answer(pending.request, pending.origin, pending.key, now, 500,
-                                "Server Internal Error").replies[0]
+                                "Server Internal Error", pending=pending).replies[0]
 
     def _answer(self, request: Request, origin: Origin, key: TransactionKey | None, now: float,
                 status: int, reason: str,
                 headers: list[tuple[str, str]] | None = None,
-                to_tag: str | None = None) -> Received:
+                to_tag: str | None = None, pending: Pending | None = None) -> Received:
         data = render_response(request, status, reason, headers or (),
                                to_tag=to_tag or self.new_tag(), server=self.config.server,
                                top_via=self._stamped_top_via(request, origin))
         if key is not None:
             self.transactions.on_response(key, data, now)
+        if self.on_done is not None:
+            self._tell_done(request, origin, status, now, pending)
         return Received([self._route(data, request, origin)])
 
-    def _parse_error(self, error: ParseError, origin: Origin) -> Received:
+    def _tell_done(self, request: Request, origin: Origin, status: int, now: float,
+                   pending: Pending | None) -> None:
+        assert self.on_done is not None
+        try:
+            if pending is not None:
+                command = pending.command
+                identity = command.audit.identity if isinstance(command, PublishRequest) \
+                    else command.identity
+                resource: str | None = command.aor
+                received_at = pending.received_at
+            else:
+                identity, received_at = None, now
+                try:
+                    resource = request.aor
+                except Exception:  # no address of record in it (that may be why)
+                    resource = None
+            self.on_done(RequestDone(request.method, status, resource,
+                                     request.headers.get("Event"), origin, request.call_id,
+                                     identity, received_at, now))
+        except Exception:  # a listener's fault never touches the request
+            log.exception("request listener failed")
+
+    def _parse_error(self, error: ParseError, origin: Origin, now: float = 0.0) -> Received:
         """Answer a malformed request when it can be addressed; drop it otherwise."""
         self.stats["parse_errors"] += 1
         partial = error.partial
@@ -365,10 +412,13 @@ class SipService:
             data = render_response(partial, error.status, error.reason,
                                    to_tag=self.new_tag(), server=self.config.server,
                                    top_via=self._stamped_top_via(partial, origin))
-            return Received([self._route(data, partial, origin)])
+            replies = Received([self._route(data, partial, origin)])
         except Exception:  # not addressable after all
             self.stats["dropped"] += 1
             return Received()
+        if self.on_done is not None:
+            self._tell_done(partial, origin, error.status, now, None)
+        return replies
 
     def _route(self, data: bytes, request: Request, origin: Origin) -> Outgoing:
         via_port, wants_rport = None, False

@@ -261,3 +261,40 @@ def test_when_the_transaction_table_is_full_new_requests_get_503_and_nothing_is_
     answer = service.receive(request("OPTIONS", branch="z9hG4bKfull"), UDP, 0.0)
     assert status(answer) == 503 and header(answer, "Retry-After") is not None
     assert len(service.transactions) == 2
+
+
+def test_every_final_answer_is_told_to_the_request_listener_once():
+    from sip_adapter.protocol.routing import Origin
+    from sip_adapter.protocol.service import ServiceConfig, SipService
+    from sip_adapter.protocol.parser import parse_message
+
+    service = SipService(ServiceConfig())
+    done = []
+    service.on_done = done.append
+    origin = Origin("udp", ("192.0.2.9", 5062), None, ("127.0.0.1", 5060))
+    options = (b"OPTIONS sip:alice@example.com SIP/2.0\r\n"
+               b"Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bKo1\r\nMax-Forwards: 70\r\n"
+               b"From: <sip:bob@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\n"
+               b"Call-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    service.receive(parse_message(options), origin, 10.0)
+    service.receive(parse_message(options), origin, 10.5)  # a retransmission: not told
+    [record] = done
+    assert (record.method, record.status, record.resource, record.call_id) == (
+        "OPTIONS", 200, "sip:alice@example.com", "opt-1")
+    assert record.origin == origin and record.duration == 0.0
+
+    publish = (b"PUBLISH sip:alice@example.com SIP/2.0\r\n"
+               b"Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bKp1\r\nMax-Forwards: 70\r\n"
+               b"From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\n"
+               b"Call-ID: pub-1\r\nCSeq: 1 PUBLISH\r\nEvent: presence\r\nExpires: 60\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    received = service.receive(parse_message(publish), origin, 20.0)
+    assert len(done) == 1 and received.pending is not None  # not answered yet
+
+    class Accepted:
+        etag, expires = "tag", 60
+
+    service.complete(received.pending, Accepted(), 20.25)
+    record = done[-1]
+    assert (record.method, record.status, record.event, record.duration) == (
+        "PUBLISH", 200, "presence", 0.25)
