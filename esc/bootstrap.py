@@ -36,7 +36,7 @@ async def serve(settings, listens) -> int:
     from sip_adapter.protocol.service import ServiceConfig
     from sip_adapter.aio.store_gateway import GatewayConfig
 
-    from .config import package_body_limits
+    from .config import package_body_limits, trusted_networks
 
     packages = EventPackages.named(settings.events)
     loop = asyncio.get_running_loop()
@@ -65,6 +65,10 @@ async def serve(settings, listens) -> int:
                     "(give --auth-file to require SIP Digest)")
     else:
         log.info("SIP Digest authentication on, realm %r", authenticator.realm)
+    trusted_peers = trusted_networks(settings)
+    if trusted_peers:
+        log.info("trusted peers (no Digest, no policy; the user agent's address is taken "
+                 "from the bottom-most Via): %s", ", ".join(map(str, trusted_peers)))
     service = ServiceConfig(allowed_events=tuple(packages.names),
                             authenticator=authenticator, policy=policy,
                             accepted_types=tuple(packages.content_types),
@@ -74,7 +78,8 @@ async def serve(settings, listens) -> int:
                             max_body_per_package=tuple(package_body_limits(settings).items()),
                             max_transactions=settings.max_transactions,
                             max_transaction_bytes=settings.max_transaction_bytes,
-                            subscribe=notifier is not None)
+                            subscribe=notifier is not None,
+                            trusted_peers=trusted_peers)
     limits = Limits(max_message_size=settings.max_message_size,
                     max_headers=settings.max_headers,
                     max_header_length=settings.max_header_length,
@@ -93,6 +98,11 @@ async def serve(settings, listens) -> int:
         tls_context=_tls_context(settings)),
         random_bytes=RandomPool().take, wall_clock=time.time,
         announce=lambda line: print(line, flush=True), on_fatal=lambda why: stop.set())
+    if settings.log_format == "json":
+        from sip_adapter.aio.request_log import request_logger
+
+        server.add_request_listener(request_logger(
+            bodies=settings.log_bodies in ("yes", "true", "1")))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()

@@ -3,6 +3,7 @@ TOML file given with --config, then the defaults. Every problem is one clear lin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -24,10 +25,14 @@ class ServeSettings:
     min_expires: int = 1
     max_expires: int = 3600
     domain: list[str] = field(default_factory=list)
+    # CIDRs of proxies that authenticate their own users: skip Digest and the policy
+    trusted_peer: list[str] = field(default_factory=list)
     max_batch: int = 512
     cache_size: int = 20000
     tcp_idle_timeout: float = 300.0
     log_level: str = "info"
+    log_format: str = "text"  # text, or json (one object per line, a line per request)
+    log_bodies: str = "no"  # yes: request bodies in the request lines
     # limits (issue: hardening); each has a safe default
     max_message_size: int = 65535
     max_headers: int = 100
@@ -62,7 +67,8 @@ class ServeSettings:
     tls_key: str = ""
 
 
-LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms"}
+LIST_SETTINGS = {"listen", "events", "domain", "max_body", "auth_algorithms",
+                 "trusted_peer"}
 INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "cache_size",
                 "max_message_size", "max_headers", "max_header_length", "max_per_resource",
                 "max_tcp_connections", "max_queue", "max_queue_bytes", "max_transactions",
@@ -144,6 +150,12 @@ def validate(settings: ServeSettings) -> None:
         raise ConfigError("--max-batch must be at least 1")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("--log-level must be debug, info, warning or error")
+    settings.log_format = settings.log_format.strip().lower()
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("--log-format must be text or json")
+    settings.log_bodies = settings.log_bodies.strip().lower()
+    if settings.log_bodies not in ("yes", "no", "true", "false", "1", "0"):
+        raise ConfigError("log_bodies must be yes or no")
     if not 1024 <= settings.max_message_size <= 65535:
         raise ConfigError("--max-message-size must lie between 1024 and 65535")
     if settings.max_headers < 10 or settings.max_header_length < 256:
@@ -161,6 +173,7 @@ def validate(settings: ServeSettings) -> None:
     if settings.max_queue_wait <= 0 or settings.store_timeout <= 0:
         raise ConfigError("--max-queue-wait and --store-timeout must be positive")
     package_body_limits(settings)
+    trusted_networks(settings)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     if any(spec.lower().startswith("tls:") for spec in settings.listen) and not settings.tls_cert:
@@ -175,6 +188,22 @@ def validate(settings: ServeSettings) -> None:
                           "--max-subscribe-expires")
     if settings.policy_file and not settings.auth_file:
         raise ConfigError("--policy-file needs --auth-file (authorization follows authentication)")
+
+
+def trusted_networks(settings: ServeSettings) -> tuple[ipaddress.IPv4Network
+                                                       | ipaddress.IPv6Network, ...]:
+    """`--trusted-peer 10.0.0.5/32` (or a bare address: /32, /128) -> the networks, each
+    once. Host bits set are an error, as they usually mean a typo."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for item in settings.trusted_peer:
+        text = item[1:-1] if item.startswith("[") and item.endswith("]") else item
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as error:
+            raise ConfigError(f"bad --trusted-peer {item!r}: {error}") from None
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
 
 
 def package_body_limits(settings: ServeSettings) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from typing import Any
 
@@ -57,6 +57,11 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--store-timeout", type=float,
                    help="seconds without an answer from the store process before it is "
                         "restarted (5)")
+    p.add_argument("--log-format", help="text or json: one JSON object per line, with a "
+                   "line per request answered (text)")
+    p.add_argument("--log-bodies", action="store_const", const="yes",
+                   help="put request bodies in the request lines (off: bodies are personal "
+                        "data)")
     p.add_argument("--max-subscriptions", type=int,
                    help="most active subscriptions (watchers); beyond it 503; 0 turns "
                         "SUBSCRIBE off (100000)")
@@ -74,6 +79,9 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--auth-file", help="file of HA1 credentials: turns SIP Digest on")
     p.add_argument("--realm", help="Digest realm (default: the first --domain, else the host)")
     p.add_argument("--policy-file", help="TOML file: which users may publish for which AORs")
+    p.add_argument("--trusted-peer", action="append", metavar="CIDR",
+                   help="a proxy that authenticates its own users (e.g. Kamailio's pua): "
+                        "requests from it skip Digest and the policy (repeatable)")
     p.add_argument("--auth-algorithms",
                    help="Digest algorithms offered, strongest first (SHA-256,MD5)")
     p.add_argument("--nonce-lifetime", type=float, help="seconds a Digest nonce stays valid (300)")
@@ -108,8 +116,11 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
         _authentication(settings), _tls_context(settings)  # fail before anything starts
     except (ConfigError, ValueError) as error:
         raise CommandError(str(error)) from None
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from infrastructure import log_format
+
+    log_format.configure(settings.log_level, settings.log_format)
+    # The store process logs the same way: it reads the format from its environment.
+    os.environ[log_format.ENVIRONMENT] = settings.log_format
     from .bootstrap import StoreGaveUp, serve
 
     try:

@@ -53,8 +53,9 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(levelname)s %(name)s[store]: %(message)s")
+    from .log_format import configure, from_environment
+
+    configure(log_level, from_environment(), process="store")
     from .compositor import Compositor
     from .expiry import ExpiryScheduler
     from .gc_tuning import tune_for_throughput
@@ -70,7 +71,15 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
     worker = StoreWorker(compositor, notifier)
+    # What the SIP process's metrics show of this process (store_stats.py): the expiry
+    # hook is set before the scheduler's first pass.
+    from .store_stats import StoreStats
+
+    stats = StoreStats(compositor, notifier)
+    compositor.commands.on_expired = stats.expired
     scheduler = ExpiryScheduler(compositor).start() if expiry else None
+    stats.expiry = scheduler
+    stats.start()
     # Start-up objects frozen, default thresholds: with the SIP process's larger threshold
     # this process ended the million-publication benchmark 40 MB larger (cause not found;
     # see gc_tuning.py).
@@ -82,23 +91,38 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
             conn.send(("notify", jobs))
 
     try:
-        _serve(conn, worker, send_notifies)
+        _serve(conn, worker, send_notifies, stats)
     finally:
+        stats.stop()
         if scheduler is not None:
             scheduler.stop()
         compositor.close()
 
 
-def _serve(conn: Any, worker: Any, send_notifies: Any) -> None:
+def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> None:
     """The store process's loop: batches in, answers out; NOTIFY outcomes in, NOTIFYs out;
-    the notifier's timer in between."""
+    the notifier's timer in between; a ("stats", dict) frame about once a second when
+    `stats` (a StoreStats) is given."""
     import time
 
+    from .store_stats import STATS_INTERVAL
+
+    next_stats = time.time() if stats is not None else None
     while True:
+        if next_stats is not None and time.time() >= next_stats:
+            # Checked on every turn, so a busy loop (the pipe never idle) still reports.
+            next_stats = time.time() + STATS_INTERVAL
+            try:
+                conn.send(("stats", stats.snapshot()))
+            except OSError:  # the parent is gone: the next recv says so
+                pass
         deadline = worker.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        wake = deadline if next_stats is None or (deadline is not None and
+                                                  deadline < next_stats) else next_stats
+        timeout = None if wake is None else max(0.0, wake - time.time())
         if not conn.poll(timeout):
-            send_notifies(worker.tick())
+            if deadline is not None and time.time() >= deadline:
+                send_notifies(worker.tick())
             continue
         # Everything waiting in the pipe is taken together: batches that queued up while
         # the last one committed are decided and committed together (one transaction,
@@ -131,6 +155,8 @@ def _serve(conn: Any, worker: Any, send_notifies: Any) -> None:
             # next batch is decided (its per-resource limit reads the view), then the
             # notifier turns the new events into NOTIFYs.
             results, recordings = worker.decide(requests)
+            if stats is not None:
+                stats.batch(len(requests))
             start = 0
             for sequence, batch_requests in batches:
                 conn.send((sequence, results[start:start + len(batch_requests)]))
@@ -160,6 +186,8 @@ class StoreProcess:
         self._failure: asyncio.Future[str] = loop.create_future()
         # Where the NOTIFYs the store's notifier produces go (the server's sender).
         self.notify_sink: Callable[[list[NotifyJob]], None] | None = None
+        # Where the child's ("stats", dict) frames go, about once a second (the metrics).
+        self.stats_sink: Callable[[dict[str, Any]], None] | None = None
         self._closing = False
         self._inbox = bytearray()
         self._outbox = bytearray()
@@ -267,6 +295,13 @@ class StoreProcess:
                 return
             if sequence == "notify":
                 self._deliver_notifies(results)
+                continue
+            if sequence == "stats":
+                if self.stats_sink is not None:
+                    try:
+                        self.stats_sink(results)
+                    except Exception:  # the metrics' fault must not break the pipe
+                        log.exception("handing the store's stats over failed")
                 continue
             expected = min(self._pending) if self._pending else None
             entry = self._pending.pop(sequence, None) if sequence == expected else None

@@ -10,6 +10,7 @@ Time is always passed in (`now`); nothing here reads a clock or touches a socket
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from .digest import Authenticated, DigestAuthenticator
 from .error_responses import response_for
 from .messages import Request, Response
 from .parser import ParseError
-from .publish_request import BadPublish, to_publish_request
+from .publish_request import BadPublish, to_publish_request, user_agent_address
 from .responses import render_response
 from .rate_limit import RateLimiter, Verdict
 from .routing import Origin, response_port
@@ -36,6 +37,9 @@ ALLOW_HEADER = ", ".join(ALLOWED_METHODS + ("ACK", "CANCEL"))
 #: With the notifier on, SUBSCRIBE is served too.
 ALLOW_HEADER_WITH_SUBSCRIBE = ", ".join(("PUBLISH", "SUBSCRIBE", "OPTIONS", "ACK", "CANCEL"))
 #: Methods defined by RFC 3261 and its extensions that we recognise but do not serve (405).
+#: A trusted peer's network (ServiceConfig.trusted_peers).
+TrustedNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 KNOWN_METHODS = frozenset({"INVITE", "BYE", "REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE",
                            "INFO", "PRACK", "UPDATE", "REFER"})
 
@@ -56,6 +60,11 @@ class ServiceConfig:
     max_transactions: int = 400_000  # transaction table bounds (503 past them)
     max_transaction_bytes: int = 512 * 1024 * 1024
     subscribe: bool = False  # serve SUBSCRIBE (the store runs a notifier)
+    # Proxies that authenticate their own users (Kamailio's pua modules, which cannot answer
+    # a challenge): a request whose packet source is in one of these skips Digest and the
+    # publish/watch policy, and a PUBLISH's audit records its originating user agent (the
+    # bottom-most Via) next to the proxy's address.
+    trusted_peers: tuple[TrustedNetwork, ...] = ()
 
 
 class Accepted(Protocol):
@@ -133,6 +142,7 @@ class RequestDone:
     identity: str | None  # the authenticated user, when known
     received_at: float
     answered_at: float
+    body: bytes = b""  # the request's body (for --log-bodies only)
 
     @property
     def duration(self) -> float:
@@ -171,6 +181,7 @@ class SipService:
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst) \
             if config.rate_limit else None
         self.max_body = dict(config.max_body_per_package)
+        self.trusted_peers = config.trusted_peers
         # Set by the server: False while the store is restarting (PUBLISH and OPTIONS are
         # then answered 503, so that OPTIONS-pinging balancers fail over).
         self.store_available = True
@@ -281,15 +292,16 @@ class SipService:
                             [("Allow", self.allow_header)])
 
     def _authorize(self, request: Request, origin: Origin, key: TransactionKey,
-                   now: float, watching: bool) -> str | None | Received:
+                   now: float, watching: bool, trusted: bool = False) -> str | None | Received:
         """The domain check, Digest, and who may publish for (or watch) the resource: the
-        authenticated identity (None without --auth-file), or the answer that refuses."""
+        authenticated identity (None without --auth-file, or from a trusted peer, which
+        skips Digest and the policy), or the answer that refuses."""
         if self.domains:
             host = _uri_host(request)
             if host is None or host not in self.domains:
                 return self._answer(request, origin, key, now, 404, "Domain Not Served Here")
         authenticator = self.config.authenticator
-        if authenticator is None:
+        if authenticator is None or trusted:
             return None
         assert self.wall_clock is not None
         result = authenticator.authenticate(request, self.wall_clock())
@@ -313,7 +325,8 @@ class SipService:
 
     def _subscribe(self, request: Request, origin: Origin, key: TransactionKey,
                    now: float) -> Received:
-        identity = self._authorize(request, origin, key, now, watching=True)
+        identity = self._authorize(request, origin, key, now, watching=True,
+                                   trusted=self._trusted(origin))
         if isinstance(identity, Received):
             return identity
         try:
@@ -327,12 +340,16 @@ class SipService:
 
     def _publish(self, request: Request, origin: Origin, key: TransactionKey,
                  now: float) -> Received:
-        identity = self._authorize(request, origin, key, now, watching=False)
+        trusted = self._trusted(origin)
+        identity = self._authorize(request, origin, key, now, watching=False, trusted=trusted)
         if isinstance(identity, Received):
             return identity
         try:
-            publish = to_publish_request(request, origin, identity=identity,
-                                         allowed_events=list(self.config.allowed_events))
+            publish = to_publish_request(
+                request, origin, identity=identity,
+                allowed_events=list(self.config.allowed_events),
+                # From anyone else a Via is only a claim: recorded for trusted peers only.
+                user_agent_source=user_agent_address(request) if trusted else None)
         except BadPublish as error:
             return self._answer(request, origin, key, now, error.status, error.reason,
                                 error.headers)
@@ -397,7 +414,7 @@ class SipService:
                     resource = None
             self.on_done(RequestDone(request.method, status, resource,
                                      request.headers.get("Event"), origin, request.call_id,
-                                     identity, received_at, now))
+                                     identity, received_at, now, request.body))
         except Exception:  # a listener's fault never touches the request
             log.exception("request listener failed")
 
@@ -449,6 +466,19 @@ class SipService:
             return None
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _trusted(self, origin: Origin) -> bool:
+        """Is the request's packet source (never anything it says) a trusted peer? An
+        IPv4-mapped IPv6 source (a dual-stack socket) counts as its IPv4 address."""
+        if not self.trusted_peers:
+            return False
+        try:
+            address = ipaddress.ip_address(origin.address[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_peers)
 
     def new_tag(self) -> str:
         """A To-tag: 48 random bits as 12 hex digits (what secrets.token_hex(6) gives)."""
