@@ -80,6 +80,9 @@ class CommandSide:
         self.max_per_resource = max_per_resource
         self._loaded: set[UUID] = set()  # ids loaded while deciding the current batch
         self._created_in_batch: dict[tuple[str, str], int] = {}
+        # Told how late each Expired was recorded, in seconds after its expiry time (the
+        # store process's metrics); called on the expiry scheduler's thread.
+        self.on_expired: Callable[[float], None] | None = None
 
     # ---- a batch of PUBLISH requests --------------------------------------------------------
 
@@ -274,5 +277,8 @@ class CommandSide:
                     raise
                 self.projection.project(recordings)
                 total += len(expired)
+                if self.on_expired is not None:
+                    for publication in expired.values():
+                        self.on_expired(now - publication.expires_at)
             if len(due) < batch:
                 return total
