@@ -1,5 +1,7 @@
 """`esc`: the command line. Every command takes --store URL and, where it prints data,
---json. Bad input or an unreachable store gives one line on stderr and a non-zero exit."""
+--json. Bad input or an unreachable store gives one line on stderr and a non-zero exit.
+Long replays (`esc verify`, `esc verify --rebuild`) draw a progress bar with rate and ETA
+on stderr when it is a terminal, and print nothing extra otherwise."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TextIO
 
 from domain import BUILT_IN, InvalidResource
 from infrastructure import DEFAULT_STORE_URL, BadStoreURL, EventRecord, Found
+from infrastructure.queries import StoreSummary
 from infrastructure.records import SubscriptionRow
 from infrastructure.store_url import redact_url
 
@@ -85,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_store(p), add_json(p)
 
     p = commands.add_parser("verify", help="replay the events and compare with the live view")
+    p.add_argument("--rebuild", action="store_true",
+                   help="instead, forget the live view and rebuild it from the events")
+    add_store(p), add_json(p)
+
+    p = commands.add_parser("stats", help="the store in numbers: live publications and "
+                                          "subscriptions, events, positions, size")
     add_store(p), add_json(p)
 
     p = commands.add_parser("clear", help="delete every publication, event and view row")
@@ -127,7 +137,10 @@ def history_line(r: EventRecord) -> str:
         parts.append(f"{r.content_type} {len(r.body)} bytes")
     elif r.body_sha256:
         parts.append(f"body sha256 {r.body_sha256[:16]}")
-    if r.source or r.transport:
+    if r.user_agent_source:  # sent by a trusted proxy for the user agent behind it
+        parts.append(f"via proxy {r.source or '?'} for {r.user_agent_source} "
+                     f"({r.transport or '?'})")
+    elif r.source or r.transport:
         parts.append(f"from {r.transport or '?'}:{r.source or '?'}")
     if r.identity:
         parts.append(f"user {r.identity}")
@@ -260,9 +273,45 @@ def cmd_follow(args, out) -> int:
             time.sleep(args.poll)
 
 
+@contextmanager
+def progress_bar(label: str, total: int, stream: TextIO | None = None
+                 ) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback for a replay up to position `total` (the feed's head): a tqdm
+    bar with rate and ETA on `stream` (standard error) when it is a terminal; None, and
+    nothing printed, otherwise or when there is nothing to replay."""
+    stream = sys.stderr if stream is None else stream
+    if total <= 0 or not is_terminal(stream):
+        yield None
+        return
+    from tqdm import tqdm  # only here: no other command pays for the import
+
+    bar = tqdm(total=total, desc=label, unit=" events", file=stream,
+               dynamic_ncols=True, mininterval=0.25, smoothing=0.1)
+
+    def advance(position: int) -> None:
+        if position > bar.total:  # another node wrote meanwhile
+            bar.total = position
+        bar.update(position - bar.n)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def cmd_verify(args, out) -> int:
+    if args.rebuild:
+        return rebuild_view(args, out)
     with opened(args) as compositor:
-        live, replayed, differences = compositor.verify()
+        with progress_bar("verify", compositor.head()) as progress:
+            live, replayed, differences = compositor.projection.verify(progress)
     if args.json:
         out(json.dumps({"live": live, "replayed": replayed, "differences": differences}))
     else:
@@ -271,6 +320,64 @@ def cmd_verify(args, out) -> int:
         for difference in differences:
             out(f"  {difference}")
     return EXIT_DIFFERENT if differences else 0
+
+
+def rebuild_view(args, out) -> int:
+    with opened(args) as compositor:
+        with progress_bar("rebuild view", compositor.head()) as progress:
+            replayed = compositor.projection.rebuild(progress)
+        live = compositor.view.count()
+    if args.json:
+        out(json.dumps({"rebuilt": replayed, "live": live}))
+    else:
+        out(f"view rebuilt from {replayed} events: {live} publications")
+    return 0
+
+
+def cmd_stats(args, out) -> int:
+    with opened(args) as compositor:
+        stats = compositor.stats()
+    if args.json:
+        out(json.dumps(stats.as_json()))
+    else:
+        for line in stats_lines(stats, redact_url(args.store)):
+            out(line)
+    return 0
+
+
+def megabytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1_000_000:.2f} MB"
+
+
+def behind(head: int, position: int) -> str:
+    return "caught up" if position >= head else f"{head - position} behind"
+
+
+def stats_lines(stats: StoreSummary, store: str) -> list[str]:
+    """`esc stats` as text: one fact per line."""
+    lines = [f"store: {store}",
+             f"events: {stats.events}",
+             f"feed head: {stats.head}",
+             f"view position: {stats.view_position} "
+             f"({behind(stats.head, stats.view_position)})"]
+    lines += [f"consumer {name}: {position} ({behind(stats.head, position)})"
+              for name, position in stats.consumers.items()]
+    lines.append(f"live publications: {stats.live}")
+    lines += [f"  {event}: {count}" for event, count in stats.publications.items()]
+    lines.append(f"lapsed publications (expiry not yet recorded): {stats.lapsed}")
+    lines.append(f"active subscriptions: {stats.active_subscriptions}")
+    lines += [f"  {event}: {count}" for event, count in stats.subscriptions.items()]
+    if stats.next_expiry is None:
+        lines.append("next expiry: - (nothing live)")
+    else:
+        lines.append(f"next expiry: {iso(stats.next_expiry)} "
+                     f"(in {math.ceil(stats.next_expiry - stats.at)} s)")
+    if stats.size_bytes is None:
+        lines.append("size on disk: - (in memory)")
+    else:
+        lines.append(f"size on disk: {megabytes(stats.size_bytes)} (event store "
+                     f"{megabytes(stats.store_bytes)}, view {megabytes(stats.view_bytes)})")
+    return lines
 
 
 def cmd_clear(args, out) -> int:
@@ -339,7 +446,7 @@ def one_line(error: BaseException) -> str:
 COMMANDS: dict[str, Callable[..., int]] = {
     "find": cmd_find, "list": cmd_list, "history": cmd_history, "state": cmd_state,
     "watchers": cmd_watchers, "follow": cmd_follow,
-    "verify": cmd_verify, "clear": cmd_clear, "migrate": cmd_migrate,
+    "verify": cmd_verify, "stats": cmd_stats, "clear": cmd_clear, "migrate": cmd_migrate,
 }
 
 

@@ -12,7 +12,8 @@ This class only opens and composes the parts, each a module of its own:
     application.py  the event store (an eventsourcing Application of Publications)
     commands.py     the command side: decide and save a batch, expire what is due
     projection.py   the current-state view (view.py) and its tracking
-    queries.py      find, publications, list, compose, state, history, feed, watchers
+    queries.py      find, publications, list, compose, state, history, feed, watchers,
+                    stats
 
 Writes are serialised by one lock (the application's) and committed in groups:
 `process_many` decides a batch of requests in arrival order, saves every touched aggregate
@@ -36,7 +37,7 @@ from .application import EscApplication
 from .commands import CommandSide, Result
 from .feed import FeedConsumer
 from .projection import PAGE, CurrentState
-from .queries import ComposedState, Queries
+from .queries import ComposedState, Queries, StoreSummary
 from .random_pool import RandomPool
 from .records import Accepted, EventRecord, Found, SubscriptionRow
 from .store_url import DEFAULT_STORE_URL, StoreConfig, parse_store_url
@@ -232,6 +233,19 @@ class Compositor:
         active at `now` (not terminated, not expired), or every one ever made, ended ones
         included, with `include_ended`. Ordered by aor, event, subscribed_at, id."""
         return self.queries.watchers(aor, event, include_ended, self.now(now))
+
+    def head(self) -> int:
+        """The change feed's head: the last notification id the store has recorded (0 when
+        it holds no event). What a replay of everything goes up to."""
+        return self.app.recorder.max_notification_id() or 0
+
+    def stats(self, now: float | None = None) -> StoreSummary:
+        """The store in numbers (`esc stats`): publications live at `now` per package,
+        subscriptions active at `now` per package, events in total, the feed's head and
+        the positions of the view and of every tracked consumer (notification ids), the
+        next expiry, and the bytes taken on disk. Counts come from the view, caught up
+        first when other nodes write the store too."""
+        return self.queries.stats(self.now(now), self.config)
 
     def consumer(self, name: str) -> FeedConsumer:
         """A named, tracked reader of the change feed that resumes where it stopped."""

@@ -18,13 +18,15 @@ The hot path applies a whole batch in one transaction; the library's runner appl
 event per transaction, which is why it is not what drives this view.
 
 `rebuild` forgets the view and replays everything; `verify` replays into a scratch view and
-compares.
+compares. Both (and `catch_up`) take an optional `progress` callback, told the position
+reached after each page replayed (a notification id, up to the feed's head), for a caller
+that shows progress (`esc verify`); nothing here prints.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from eventsourcing.persistence import Recording, Tracking
 from eventsourcing.projection import Projection
@@ -35,6 +37,9 @@ from .view import CurrentStateView
 log = logging.getLogger("esc.projection")
 
 PAGE = 1000
+
+#: Told the position (notification id) a replay has reached, after each page.
+Progress = Callable[[int], None]
 
 
 class CurrentState(Projection[CurrentStateView]):
@@ -61,11 +66,11 @@ class CurrentState(Projection[CurrentStateView]):
             except Exception as error:  # pragma: no cover - logged, repaired by catch_up
                 log.warning("view update failed (will catch up): %s", error)
 
-    def catch_up(self, page: int = PAGE) -> int:
+    def catch_up(self, page: int = PAGE, progress: Progress | None = None) -> int:
         """Apply every stored event the view has not seen yet, `page` at a time. Returns
         how many."""
         return self._replay_into(self.view, self.view.max_tracking_id(self.app.name) or 0,
-                                 page)
+                                 page, progress)
 
     def check_store(self) -> bool:
         """A view ahead of its store's notification log was made from another store (a
@@ -94,19 +99,20 @@ class CurrentState(Projection[CurrentStateView]):
         except Exception as error:
             log.warning("view not caught up (store unavailable?): %s", error)
 
-    def rebuild(self) -> int:
+    def rebuild(self, progress: Progress | None = None) -> int:
         """Forget the view and rebuild it from the events. The change-feed consumers keep
         their positions: the events did not change, so neither did what they have seen."""
         self.view.reset(consumers=False)
-        return self.catch_up()
+        return self.catch_up(progress=progress)
 
-    def verify(self) -> tuple[int, int, list[str]]:
+    def verify(self, progress: Progress | None = None) -> tuple[int, int, list[str]]:
         """Replay every event into a scratch view and compare it with the live one.
-        Returns (live rows, replayed rows, differences)."""
+        Returns (live rows, replayed rows, differences). `progress` follows the replay into
+        the scratch view (the live view's catch-up before it is not reported)."""
         self.catch_up()
         scratch = CurrentStateView(None)
         try:
-            self._replay_into(scratch, 0, PAGE)
+            self._replay_into(scratch, 0, PAGE, progress)
             live, replayed = self.view.snapshot(), scratch.snapshot()
         finally:
             scratch.close()
@@ -121,7 +127,8 @@ class CurrentState(Projection[CurrentStateView]):
                                     f"{replayed[pid][:7]!r}")
         return len(live), len(replayed), differences
 
-    def _replay_into(self, view: CurrentStateView, after: int, page: int) -> int:
+    def _replay_into(self, view: CurrentStateView, after: int, page: int,
+                     progress: Progress | None = None) -> int:
         applied, position = 0, after
         while True:
             notifications = self.app.recorder.select_notifications(start=position + 1,
@@ -132,5 +139,7 @@ class CurrentState(Projection[CurrentStateView]):
                        allow_gap=True)
             applied += len(notifications)
             position = notifications[-1].id
+            if progress is not None:
+                progress(position)
             if len(notifications) < page:
                 return applied

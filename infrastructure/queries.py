@@ -9,14 +9,16 @@
 - `history`: every event of every publication a resource ever had, from the event store,
   found through the view's index of resources;
 - `feed`: every event in the store's one global order, from its notification log;
-- `watchers`: the subscriptions to resources, from the view (ended ones on request).
+- `watchers`: the subscriptions to resources, from the view (ended ones on request);
+- `stats`: what the store holds in numbers (`StoreSummary`), for `esc stats`.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator
 from uuid import UUID
 
 from domain import Contribution, EventPackages, address_of_record, publication_id_of
@@ -25,7 +27,8 @@ from domain.packages import EventPackage
 from .application import EscApplication
 from .projection import CurrentState
 from .records import EventRecord, Found, SubscriptionRow, event_record
-from .view import LivePublication
+from .store_url import StoreConfig
+from .view import VIEW, LivePublication
 
 
 class Queries:
@@ -144,6 +147,24 @@ class Queries:
                 return
 
 
+    def stats(self, now: float, config: StoreConfig) -> StoreSummary:
+        """The store in numbers at `now` (see `StoreSummary`); the view is caught up first
+        when other nodes write the store too."""
+        self.projection.follow()
+        head = self.app.recorder.max_notification_id() or 0
+        counts = self.view.publication_counts(now)
+        positions = self.view.positions()
+        view_position = positions.pop(VIEW, 0)
+        return StoreSummary(
+            at=now, events=head, head=head, view_position=view_position,
+            consumers=positions,
+            publications={event: live for event, (live, _) in counts.items() if live},
+            lapsed=sum(lapsed for _, lapsed in counts.values()),
+            subscriptions=self.view.active_subscription_counts(now),
+            next_expiry=self.view.next_expiry_after(now),
+            store_bytes=store_size(config, self.app.recorder),
+            view_bytes=_files_size(config.view_path))
+
 @dataclass(frozen=True)
 class ComposedState:
     """What watchers of a resource saw (or see) at one moment: the composed document and
@@ -155,6 +176,78 @@ class ComposedState:
     content_type: str | None
     body: bytes
     publications: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What a store holds, in numbers, at one moment (`Compositor.stats`, `esc stats`);
+    not to be confused with store_stats.StoreStats, the running store process's metrics.
+
+    Positions are notification ids: the store's one global order of events, the change
+    feed's positions. `head` is the last one recorded. `events` is how many events the
+    store holds, taken as the head position: ids are given one by one from 1, and nothing
+    deletes single events (`clear` deletes them all; SQLite then starts again from 1). On
+    PostgreSQL a transaction that rolled back can leave an unused id, so there `events`
+    may count a few too many; counting the rows exactly would read the whole table."""
+
+    at: float  # the moment (epoch seconds) the counts are for
+    events: int
+    head: int  # the feed's head: the last notification id recorded (0: none)
+    view_position: int  # the last notification applied to the current-state view
+    consumers: dict[str, int]  # every other tracked reader of the feed -> its position
+    #                             ("notifier" for esc serve's, "feed:NAME" for consumers)
+    publications: dict[str, int]  # event package -> publications live at `at`
+    lapsed: int  # publications past their expiry whose Expired is not recorded yet
+    subscriptions: dict[str, int]  # event package -> subscriptions active at `at`
+    next_expiry: float | None  # the earliest expiry of a live publication (epoch s)
+    store_bytes: int | None  # the event store on disk (None: in memory, or unknown)
+    view_bytes: int | None  # the view's SQLite file on disk (None: in memory)
+
+    @property
+    def live(self) -> int:
+        return sum(self.publications.values())
+
+    @property
+    def active_subscriptions(self) -> int:
+        return sum(self.subscriptions.values())
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The store and its view together (None when neither is on disk)."""
+        if self.store_bytes is None and self.view_bytes is None:
+            return None
+        return (self.store_bytes or 0) + (self.view_bytes or 0)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(live=self.live, active_subscriptions=self.active_subscriptions,
+                    size_bytes=self.size_bytes)
+        return data
+
+
+def store_size(config: StoreConfig, recorder: Any) -> int | None:
+    """Bytes the event store takes on disk: an SQLite file with its -wal and -shm files,
+    or the whole PostgreSQL database (`pg_database_size`, whatever else it holds);
+    None for a store in memory or one of unknown kind."""
+    if config.kind == "postgresql":
+        datastore = recorder.datastore
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute("SELECT pg_database_size(current_database()) AS size")
+            row = cursor.fetchone()
+        return int(row["size"] if isinstance(row, dict) else row[0])
+    if config.kind in ("sqlite", "module"):
+        return _files_size(config.env.get("SQLITE_DBNAME"))
+    return None
+
+
+def _files_size(path: str | None) -> int | None:
+    """An SQLite database file plus its -wal and -shm files (None: no such file, or an
+    in-memory database)."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    sizes = [os.path.getsize(p) for p in (path, f"{path}-wal", f"{path}-shm")
+             if os.path.isfile(p)]
+    return sum(sizes) if sizes else None
 
 
 @dataclass

@@ -350,6 +350,39 @@ class CurrentStateView(TrackingRecorder):
             rows = self.db.execute(sql + " ORDER BY expires_at, id", params).fetchall()
         return [(row[0], row[1], row[2], row[3]) for row in rows]
 
+    def publication_counts(self, now: float) -> dict[str, tuple[int, int]]:
+        """event package -> (live at `now`, lapsed: past their expiry but not yet recorded
+        `Expired`), over the publications table in one GROUP BY. Packages with no row are
+        absent."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT event, SUM(expires_at > ?), SUM(expires_at <= ?) FROM publications "
+                "GROUP BY event ORDER BY event", [now, now]).fetchall()
+        return {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in rows}
+
+    def active_subscription_counts(self, now: float) -> dict[str, int]:
+        """event package -> subscriptions active at `now` (not terminated, not expired)."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT event, COUNT(*) FROM subscriptions WHERE state = ? AND expires_at > ? "
+                "GROUP BY event ORDER BY event", [ACTIVE, now]).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def next_expiry_after(self, now: float) -> float | None:
+        """The earliest expiry of a publication still live at `now` (None: none is)."""
+        with self._lock:
+            row = self.db.execute("SELECT MIN(expires_at) FROM publications "
+                                  "WHERE expires_at > ?", [now]).fetchone()
+        return row[0] if row else None
+
+    def positions(self) -> dict[str, int]:
+        """Every tracking record: name -> position ("view" for this projection; the
+        change-feed consumers under their own names)."""
+        with self._lock:
+            rows = self.db.execute("SELECT name, position FROM tracking "
+                                   "ORDER BY name").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
     def snapshot(self) -> dict[str, tuple]:
         """Every live row as comparable tuples (for `esc verify`). Publications only: the
         subscriptions table is projected from the same events in the same transactions,
