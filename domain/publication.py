@@ -31,6 +31,7 @@ class AuditFields(TypedDict):
     call_id: str | None
     cseq: str | None
     identity: str | None
+    user_agent_source: str | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Audit:
     call_id: str | None = None
     cseq: str | None = None  # "17 PUBLISH"
     identity: str | None = None  # authenticated user, when any
+    # The originating user agent behind a trusted proxy ("198.51.100.7:5060", from the
+    # bottom-most Via): recorded only for a request from a trusted peer, `source` being
+    # the proxy's address. None otherwise, and on every event stored before it existed.
+    user_agent_source: str | None = None
 
     def as_fields(self) -> AuditFields:
         return {
@@ -50,6 +55,7 @@ class Audit:
             "call_id": self.call_id,
             "cseq": self.cseq,
             "identity": self.identity,
+            "user_agent_source": self.user_agent_source,
         }
 
 
@@ -102,12 +108,14 @@ class Publication(Aggregate):
         call_id: str | None
         cseq: str | None
         identity: str | None
+        user_agent_source: str | None  # absent from events stored before it existed
 
     @event(Published)
     def __init__(self, *, aor: str, event_package: str, etag: str, content_type: str,
                  body: bytes, expires_at: float, at: float, source: str | None = None,
                  transport: str | None = None, call_id: str | None = None,
-                 cseq: str | None = None, identity: str | None = None) -> None:
+                 cseq: str | None = None, identity: str | None = None,
+                 user_agent_source: str | None = None) -> None:
         self.aor = aor
         self.event_package = event_package
         self.etag = etag
@@ -152,7 +160,8 @@ class Publication(Aggregate):
     def _refreshed(self, *, aor: str, event_package: str, etag_before: str, etag: str,
                    expires_at: float, at: float, content_type: str, body_sha256: str,
                    source: str | None, transport: str | None,
-                   call_id: str | None, cseq: str | None, identity: str | None) -> None:
+                   call_id: str | None, cseq: str | None, identity: str | None,
+                   user_agent_source: str | None = None) -> None:
         self.etag = etag
         self.expires_at = expires_at
         self.updated_at = at
@@ -170,7 +179,8 @@ class Publication(Aggregate):
     def _modified(self, *, aor: str, event_package: str, etag_before: str, etag: str,
                   content_type: str, body: bytes,
                   expires_at: float, at: float, source: str | None, transport: str | None,
-                  call_id: str | None, cseq: str | None, identity: str | None) -> None:
+                  call_id: str | None, cseq: str | None, identity: str | None,
+                  user_agent_source: str | None = None) -> None:
         self.etag = etag
         self.content_type = content_type
         self.body = body
@@ -190,7 +200,8 @@ class Publication(Aggregate):
     def _removed(self, *, aor: str, event_package: str, etag_before: str,
                  expires_at: float, at: float, content_type: str, body_sha256: str,
                  source: str | None, transport: str | None, call_id: str | None,
-                 cseq: str | None, identity: str | None) -> None:
+                 cseq: str | None, identity: str | None,
+                 user_agent_source: str | None = None) -> None:
         self.state = REMOVED
         self.updated_at = at
 

@@ -88,6 +88,9 @@ class EventRecord:
     call_id: str | None
     cseq: str | None
     identity: str | None
+    # The originating user agent a trusted proxy sent it for (its bottom-most Via); None
+    # otherwise, and for every event stored before the field existed.
+    user_agent_source: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,4 +125,5 @@ def event_record(domain_event: Any, position: int | None = None) -> EventRecord:
         call_id=get("call_id"),
         cseq=get("cseq"),
         identity=get("identity"),
+        user_agent_source=get("user_agent_source"),
     )

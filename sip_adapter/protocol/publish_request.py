@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from domain import Audit, PublishRequest
 
 from .abnf import delta_seconds
 from .errors import ParseError, Refused
 from .messages import Request
 from .routing import Origin
+from .values import Via
 
 
 class BadPublish(Refused):
@@ -15,7 +18,10 @@ class BadPublish(Refused):
 
 
 def to_publish_request(request: Request, origin: Origin, identity: str | None = None,
-                       allowed_events: list[str] | None = None) -> PublishRequest:
+                       allowed_events: list[str] | None = None,
+                       user_agent_source: str | None = None) -> PublishRequest:
+    # `user_agent_source`: the originating user agent's address (user_agent_address), for
+    # a request from a trusted peer only; recorded in the audit next to `source`.
     # The resource: the Request-URI the parser already read, normalised by the domain's one
     # rule (domain.resource.sip_address_of_record, through SipUri.aor).
     try:
@@ -72,5 +78,58 @@ def to_publish_request(request: Request, origin: Origin, identity: str | None = 
     call_ids = index.get("call-id")
     audit = Audit(source=origin.describe(), transport=origin.transport,
                   call_id=call_ids[0] if call_ids else None,
-                  cseq=" ".join(cseqs[0].split()) if cseqs else None, identity=identity)
+                  cseq=" ".join(cseqs[0].split()) if cseqs else None, identity=identity,
+                  user_agent_source=user_agent_source)
     return PublishRequest(aor, events[0].strip(), body, content_type, expires, if_match, audit)
+
+
+def user_agent_address(request: Request) -> str | None:
+    """The originating user agent of a request a proxy forwarded: the address in its
+    bottom-most Via as "host:port" ("[v6]:port" for IPv6), taking the `received` and
+    `rport` the first proxy stamped on it (RFC 3261 18.2.1, RFC 3581) where present and
+    well formed, else its sent-by host and port (default 5060, 5061 over TLS). None when
+    the request has no readable Via.
+
+    A Via is only a claim of whoever sent the request: ask this of requests from a trusted
+    peer only."""
+    try:
+        vias = request.vias
+    except ParseError:
+        return None
+    if not vias:
+        return None
+    return via_address(vias[-1])
+
+
+def via_address(via: Via) -> str:
+    """Where the sender of this via-parm was seen (see user_agent_address)."""
+    host = _ip_literal(via.received) or via.host
+    if host.startswith("["):
+        host = host[1:-1]
+    port = _port(via.rport) or via.port or _default_port(via.transport)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ip_literal(value: str | None) -> str | None:
+    """A `received` value that is an IP address (brackets around IPv6 accepted), in its
+    canonical form; None for anything else."""
+    if not value:
+        return None
+    text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _port(value: str | None) -> int | None:
+    """An `rport` filled in with a port (1-65535); None when absent, empty or bad."""
+    if not value or len(value) > 5 or not value.isascii() or not value.isdigit():
+        return None
+    port = int(value)
+    return port if 0 < port <= 65535 else None
+
+
+def _default_port(transport: str) -> int:
+    """RFC 3261 18.2.2 / RFC 4168: 5061 over TLS, 5060 over anything else."""
+    return 5061 if transport in ("TLS", "TLS-SCTP") else 5060
