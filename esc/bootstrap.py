@@ -29,7 +29,7 @@ class StoreGaveUp(Exception):
     non-zero, so that its service manager restarts it."""
 
 
-async def serve(settings, listens) -> int:
+async def serve(settings, listens, reload_settings=None) -> int:
     """Run `esc serve` until SIGTERM or SIGINT; then stop reading, finish, exit 0."""
     from sip_adapter.protocol.limits import Limits
     from sip_adapter.aio.server import ServerConfig, SipServer
@@ -103,8 +103,22 @@ async def serve(settings, listens) -> int:
 
         server.add_request_listener(request_logger(
             bodies=settings.log_bodies in ("yes", "true", "1")))
+    metrics = None
+    if settings.metrics:  # bound before the store starts: /health says 503 until it runs
+        from sip_adapter.aio.metrics import serve_metrics
+
+        from .config import metrics_address
+
+        metrics = serve_metrics(server, *metrics_address(settings.metrics),
+                                announce=lambda line: print(line, flush=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reload_settings is not None:
+        from .reload import reloader
+
+        # SIGHUP re-reads --auth-file, --policy-file and the trusted peers (esc/reload.py).
+        loop.add_signal_handler(signal.SIGHUP, reloader(server, authenticator, settings,
+                                                        reload_settings))
     await server.start()
     notify("READY=1\nSTATUS=" + "; ".join(f"listening {listen.describe(port)}"
                                           for listen, port in server.bound))
@@ -116,9 +130,13 @@ async def serve(settings, listens) -> int:
     notify("STOPPING=1")
     if server.fatal is not None:
         await server.stop(drain_timeout=0)
+        if metrics is not None:
+            metrics.close()
         raise StoreGaveUp(server.fatal)
     log.info("stopping: finishing requests in flight")
     await server.stop()
+    if metrics is not None:
+        metrics.close()
     return 0
 
 

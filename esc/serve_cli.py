@@ -87,6 +87,8 @@ def add_serve_commands(commands: Any) -> None:
     p.add_argument("--nonce-lifetime", type=float, help="seconds a Digest nonce stays valid (300)")
     p.add_argument("--tls-cert", help="PEM certificate (chain) for tls: listeners")
     p.add_argument("--tls-key", help="PEM private key for tls: listeners")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus) and /health over HTTP there (off)")
     p.add_argument("--config", help="TOML file with any of these settings")
     p.set_defaults(handler=cmd_serve)
 
@@ -124,7 +126,8 @@ def cmd_serve(args: argparse.Namespace, out) -> int:
     from .bootstrap import StoreGaveUp, serve
 
     try:
-        return _run(serve(settings, listens))
+        return _run(serve(settings, listens,
+                          reload_settings=lambda: load_settings(cli, args.config)))
     except OSError as error:
         raise CommandError(f"cannot listen: {error.strerror or error}", EXIT_STORE) from None
     except RuntimeError as error:  # the store process could not open the store

@@ -191,6 +191,12 @@ class SipService:
         # None: nobody listens, and nothing is built.
         self.on_done: Callable[[RequestDone], None] | None = None
 
+    def reconfigure(self, config: ServiceConfig) -> None:
+        """Serve with new settings from the next request on (a reload: the policy, the
+        trusted peers). The transaction table, limiter and listeners stay as they are."""
+        self.config = config
+        self.trusted_peers = config.trusted_peers
+
     # ---- in -------------------------------------------------------------------------------
 
     def admit(self, source: str, now: float) -> Verdict:

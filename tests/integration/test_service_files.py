@@ -48,8 +48,8 @@ def test_the_unit_is_a_hardened_notify_service_restarted_on_failure():
                        ("ProtectHome", "yes"), ("PrivateTmp", "yes")):
         assert keys[f"Service.{key}"] == [value], key
     assert keys["Install.WantedBy"] == ["multi-user.target"]
-    # No reload command until esc serve reloads on SIGHUP (it would end the process).
-    assert "Service.ExecReload" not in keys
+    # systemctl reload: SIGHUP, which re-reads credentials, policy and trusted peers.
+    assert keys["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path):
