@@ -33,6 +33,7 @@ class ServeSettings:
     log_level: str = "info"
     log_format: str = "text"  # text, or json (one object per line, a line per request)
     log_bodies: str = "no"  # yes: request bodies in the request lines
+    metrics: str = ""  # HOST:PORT for /metrics (Prometheus) and /health over HTTP; "": off
     # limits (issue: hardening); each has a safe default
     max_message_size: int = 65535
     max_headers: int = 100
@@ -188,6 +189,25 @@ def validate(settings: ServeSettings) -> None:
                           "--max-subscribe-expires")
     if settings.policy_file and not settings.auth_file:
         raise ConfigError("--policy-file needs --auth-file (authorization follows authentication)")
+    if settings.metrics:
+        metrics_address(settings.metrics)
+
+
+def metrics_address(spec: str) -> tuple[str, int]:
+    """`--metrics 127.0.0.1:9090` (or `[::1]:9090`, `0.0.0.0:0` for any free port) ->
+    (host, port)."""
+    text = spec.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port[1:] if port.startswith(":") else "x"
+    else:
+        host, _, port = text.rpartition(":")
+        if ":" in host:  # a bare IPv6 address: ambiguous without brackets
+            host = ""
+    bad_host = not host or any(c.isspace() or c in "/[]" for c in host)
+    if bad_host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ConfigError(f"bad --metrics {spec!r}: expected HOST:PORT, e.g. 127.0.0.1:9090")
+    return host, int(port)
 
 
 def trusted_networks(settings: ServeSettings) -> tuple[ipaddress.IPv4Network

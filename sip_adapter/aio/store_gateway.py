@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from domain import NotifyJob, NotifyOutcome, StoreUnavailable
 from infrastructure.committer import Committer, Result
@@ -83,6 +83,11 @@ class StoreGateway:
         self._deaths: deque[float] = deque()
         self.stats = {"refused_overload": 0, "refused_unavailable": 0, "timed_out": 0,
                       "restarts": 0, "store_deaths": 0}
+        # The store process's latest ("stats", dict) frame (store_stats.py; {} from a
+        # committer that sends none), and who else is told of each (the metrics).
+        self.store_stats: dict[str, Any] = {}
+        self.on_store_stats: Callable[[dict[str, Any]], None] | None = None
+        self._why_unavailable = "store starting"
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -97,6 +102,16 @@ class StoreGateway:
     @property
     def available(self) -> bool:
         return self._available and not self._stopping
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why no PUBLISH is accepted now, in a few words (None: the store accepts
+        commits). Read by the health check, from another thread."""
+        if self.available:
+            return None
+        if self._stopping and not self._why_unavailable.startswith("gave up"):
+            return "server stopping"
+        return self._why_unavailable
 
     @property
     def queued(self) -> int:
@@ -223,10 +238,17 @@ class StoreGateway:
     def _adopt(self, committer: Committer) -> None:
         self._committer = committer
         committer.notify_sink = self._on_notifies
+        if hasattr(committer, "stats_sink"):  # StoreProcess (InProcessCommitter: none)
+            committer.stats_sink = self._store_stats
         committer.failure.add_done_callback(
             lambda failure, committer=committer: self._on_failure(committer, failure))
         self._set_available(True)
         self._pump()
+
+    def _store_stats(self, stats: dict[str, Any]) -> None:
+        self.store_stats = stats
+        if self.on_store_stats is not None:
+            self.on_store_stats(stats)
 
     def _set_available(self, available: bool) -> None:
         if available != self._available:
@@ -241,6 +263,7 @@ class StoreGateway:
             return
         why = failure.result() if not failure.cancelled() else "cancelled"
         self.stats["store_deaths"] += 1
+        self._why_unavailable = f"store restarting after: {why}"
         log.error("store failed (%s): answering 503 and restarting it", why)
         self._set_available(False)
         self._refuse_queued("store restarting")
@@ -285,6 +308,7 @@ class StoreGateway:
 
     def _give_up(self, why: str) -> None:
         log.critical("giving up: %s", why)
+        self._why_unavailable = f"gave up: {why}"
         self._stopping = True
         self._set_available(False)
         try:
