@@ -47,10 +47,26 @@ SUMMARY = b"Messages-Waiting: yes\r\nVoice-Message: 2/8 (0/2)\r\n"
 
 
 def publish(rng: random.Random, port: int, transport: str = "UDP") -> bytes:
-    """A well-formed PUBLISH (initial, refresh, modify or remove) or OPTIONS, fresh branch."""
+    """A well-formed PUBLISH (initial, refresh, modify or remove), SUBSCRIBE (initial, or
+    in a dialog that may not exist) or OPTIONS, fresh branch."""
     user = f"fuzz{rng.randrange(20)}"
     branch = f"z9hG4bK{rng.getrandbits(48):012x}"
-    kind = rng.choice(["initial", "initial", "refresh", "modify", "remove", "options"])
+    kind = rng.choice(["initial", "initial", "refresh", "modify", "remove", "options",
+                       "subscribe", "resubscribe"])
+    if kind in ("subscribe", "resubscribe"):
+        to_tag = f";tag={rng.getrandbits(128):032x}" if kind == "resubscribe" else ""
+        lines = [f"SUBSCRIBE sip:{user}@127.0.0.1 SIP/2.0",
+                 f"Via: SIP/2.0/{transport} 127.0.0.1:{port};branch={branch};rport",
+                 "Max-Forwards: 70",
+                 f"From: <sip:watcher@127.0.0.1>;tag={rng.getrandbits(32):x}",
+                 f"To: <sip:{user}@127.0.0.1>{to_tag}",
+                 f"Call-ID: {rng.getrandbits(64):x}@fuzz",
+                 f"CSeq: {rng.randrange(1, 2**31)} SUBSCRIBE",
+                 f"Contact: <sip:watcher@127.0.0.1:{port}>",
+                 f"Event: {rng.choice(['presence', 'dialog', 'message-summary'])}",
+                 f"Expires: {rng.choice([0, 60, 3600, 99999999999])}",
+                 "Content-Length: 0"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
     event, ctype, body = rng.choice([("presence", "application/pidf+xml", PIDF),
                                      ("dialog", "application/dialog-info+xml", DIALOG),
                                      ("message-summary", "application/simple-message-summary",
@@ -318,7 +334,12 @@ def test_udp_fuzz(fuzz_server):
         replies += collect([sock], want=10**6, wait=1.0, linger=0)[0]
     finally:
         sock.close()
+    # NOTIFYs come back too: the fuzz mix subscribes (and never answers them, so the server
+    # retransmits and then ends those subscriptions).
+    notifies = [r for r in replies if r.startswith(b"NOTIFY sip:")]
+    replies = [r for r in replies if not r.startswith(b"NOTIFY sip:")]
     assert len(replies) > 300, f"only {len(replies)} answers to 3,000 datagrams"
+    assert notifies, "no subscription was made"
     bad = [r[:120] for r in replies if not is_sip_response(r)]
     assert bad == [], bad[:5]
     unstamped = [r[:300] for r in replies
@@ -387,6 +408,7 @@ def test_tcp_fuzz(fuzz_server):
             g["conn"].close()
             answers += split_responses(g["data"])
     assert delivered >= 1000, f"only {delivered} messages over {connections} connections"
+    answers = [a for a in answers if not a.startswith(b"NOTIFY sip:")]  # to our SUBSCRIBEs
     assert len(answers) > 500, f"only {len(answers)} answers to {delivered} messages"
     bad = [a[:120] for a in answers if not is_sip_response(a)]
     assert bad == [], bad[:5]
