@@ -312,9 +312,32 @@ class _Handler(WSGIRequestHandler):
         pass  # a scrape every few seconds is not worth a log line
 
 
+#: Connections served at once; more are closed at once (a scraper and a health checker need
+#: two; a flood of connections must not become a flood of threads).
+MAX_HTTP_CONNECTIONS = 16
+
+
 class _HttpServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 64  # accepted then refused at once, rather than left in SYN retries
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._active = threading.BoundedSemaphore(MAX_HTTP_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._active.acquire(blocking=False):
+            self.shutdown_request(request)  # at the bound: refuse, do not queue
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._active.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our name (getfqdn): not worth a wait here.

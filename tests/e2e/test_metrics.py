@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,3 +185,27 @@ def test_a_metrics_port_in_use_is_one_line(tmp_path):
     assert result.returncode == 3, result.stderr
     lines = [line for line in result.stderr.splitlines() if "WARNING" not in line]
     assert len(lines) == 1 and "cannot listen" in lines[0], result.stderr
+
+
+def test_a_flood_of_idle_connections_neither_grows_threads_nor_blocks_health(server_factory):
+    """Many connections that never send a request: past the bound they are closed at
+    once, and /health still answers in time (the bound's slots free up as idle ones time
+    out, 10 s; this test holds them open and checks the server stays bounded)."""
+    port = free_port()
+    server = server_factory("--metrics", f"{HOST}:{port}")
+    idle = []
+    for _ in range(64):
+        try:
+            idle.append(socket.create_connection((HOST, port), timeout=1))
+        except OSError:
+            break
+    time.sleep(1.0)  # the server has accepted them all by now
+    try:
+        threads = [int(line.split()[1]) for line in
+                   open(f"/proc/{server.process.pid}/status") if line.startswith("Threads:")][0]
+        assert threads < 60, f"{threads} threads for idle HTTP connections"
+    finally:
+        for sock in idle:
+            sock.close()
+    status, text = get(f"http://{HOST}:{port}/health")
+    assert (status, text.strip()) == (200, "ok")
