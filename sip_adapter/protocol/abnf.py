@@ -190,12 +190,19 @@ generic_params = rf"(?:{SEMI}{token}(?:{EQUAL}{gen_value})?)*+"
 #   transport         =  "UDP" / "TCP" / "TLS" / "SCTP"
 #                        / other-transport
 #   sent-by           =  host [ COLON port ]
+#   via-received      =  "received" EQUAL (IPv4address / IPv6address)
 #   (via-ttl, via-maddr, via-received, via-branch and RFC 3581's "rport" [EQUAL 1*DIGIT]
-#   are special cases of generic-param; their values are checked where they are used.)
+#   are special cases of generic-param; their values are checked where they are used.
+#   Unlike a generic-param's host, via-received's IPv6address has no brackets (RFC 5118
+#   section 4.5), so a Via parameter's value may also be a bare IPv6 address: matched
+#   loosely, as one with a colon, before token, which stops at the colon.)
+IPv6address_loose = r"[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]*+"
+via_gen_value = rf"(?:{IPv6address_loose}|{token}|{IPv6reference}|{quoted_string})"
+via_generic_params = rf"(?:{SEMI}{token}(?:{EQUAL}{via_gen_value})?)*+"
 via_parm = (
     rf"(?P<protocol>{token}){SLASH}(?P<version>{token}){SLASH}(?P<transport>{token})"
     rf"{LWS}(?P<host>{host})(?:{COLON}(?P<port>{port}))?"
-    rf"(?P<params>{generic_params})"
+    rf"(?P<params>{via_generic_params})"
 )
 
 #   name-addr      =  [ display-name ] LAQUOT addr-spec RAQUOT
@@ -287,6 +294,7 @@ URI_PARAM_RE = re.compile(rf";({paramchars})(?:=({paramchars}))?")  # finditer
 VIA_PARM_RE = re.compile(via_parm)
 NAME_ADDR_RE = re.compile(name_addr_or_spec)
 GENERIC_PARAM_RE = re.compile(rf"{SEMI}({token})(?:{EQUAL}({gen_value}))?")  # findall
+VIA_PARAM_RE = re.compile(rf"{SEMI}({token})(?:{EQUAL}({via_gen_value}))?")  # findall
 CSEQ_RE = re.compile(CSeq)
 CALLID_RE = re.compile(callid)
 DIGITS_RE = re.compile(digits)

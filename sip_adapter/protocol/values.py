@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from . import abnf
 from .abnf import bounded_int
@@ -29,12 +29,14 @@ class CSeq(NamedTuple):
 
 
 _GENERIC_PARAMS_FINDALL = abnf.GENERIC_PARAM_RE.findall
+_VIA_PARAMS_FINDALL = abnf.VIA_PARAM_RE.findall
 _VIA_FULLMATCH = abnf.VIA_PARM_RE.fullmatch
 
 
-def _params(text: str) -> list[tuple[str, str | None]]:
+def _params(text: str, findall: Callable[[str], list[Any]] = _GENERIC_PARAMS_FINDALL
+            ) -> list[tuple[str, str | None]]:
     # gen-value is never empty, so findall's "" for an absent value means "no value"
-    return [(name, value or None) for name, value in _GENERIC_PARAMS_FINDALL(text)]
+    return [(name, value or None) for name, value in findall(text)]
 
 
 def too_many_params(text: str, maximum: int) -> bool:
@@ -70,7 +72,8 @@ class Via:
         self.port = port
         self._params_text = params_text
         self._params: dict[str, str | None] | None = None
-        self.raw = raw if raw is not None else self._render(_params(params_text))
+        self.raw = raw if raw is not None else self._render(
+            _params(params_text, _VIA_PARAMS_FINDALL))
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -99,7 +102,7 @@ class Via:
     @property
     def params(self) -> Mapping[str, str | None]:
         if self._params is None:
-            self._params = _params_dict(_params(self._params_text))
+            self._params = _params_dict(_params(self._params_text, _VIA_PARAMS_FINDALL))
         return MappingProxyType(self._params)
 
     @property

@@ -778,3 +778,16 @@ def test_grammar_shaped_noise_gives_a_message_or_parse_error(fields, body):
     except ParseError:
         return
     parse_message(serialize(message))
+
+
+def test_a_via_received_may_be_a_bare_ipv6_address():
+    """RFC 3261 via-received = "received" EQUAL (IPv4address / IPv6address), without
+    brackets (RFC 5118 section 4.5), as IPv6 proxies and phones write it."""
+    from sip_adapter.protocol.values import Via
+
+    via = Via.parse("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bKx;"
+                    "received=2001:db8::9;rport=5062")
+    assert (via.received, via.rport, via.branch) == ("2001:db8::9", "5062", "z9hG4bKx")
+    assert Via.parse("SIP/2.0/UDP 192.0.2.1;received=[2001:db8::1]").received == \
+        "[2001:db8::1]"
+    assert Via.parse("SIP/2.0/UDP 192.0.2.1;received=192.0.2.9;rport").rport == ""
