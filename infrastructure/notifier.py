@@ -503,10 +503,15 @@ class Notifier:
                     heapq.heappush(self._retries, (
                         now + max(1, min(outcome.retry_after or 1, 3600)), subscription_id))
                 continue
-            self.stats["failed"] += 1
             subscription = self.subscriptions.get(subscription_id)
             if subscription is None:
                 continue
+            if outcome.cseq < subscription.local_cseq:
+                # The failure of a NOTIFY a later one has replaced (sent by the store
+                # process before a restart, say, and retransmitted late): the watcher may
+                # well refuse its older CSeq; it says nothing about the subscription.
+                continue
+            self.stats["failed"] += 1
             log.info("NOTIFY to %s:%d got %d: ending subscription %s", subscription.host,
                      subscription.port, outcome.status, subscription_id.hex)
             self.in_flight.pop(subscription_id, None)

@@ -209,3 +209,24 @@ def test_subscriptions_are_bounded_in_count_and_in_bytes(tmp_path, clock):
     assert 2 <= accepted <= 4  # each holds about 6.4 KB of 20,000
     assert notifier.held_bytes <= 20_000 + 7_000
     compositor.close()
+
+
+def test_the_failure_of_a_notify_a_later_one_replaced_ends_nothing(tmp_path, clock):
+    """After a store restart the SIP side may still retransmit a NOTIFY the old store
+    process handed out while the new one has sent a later one; the watcher refuses the
+    older CSeq (500). That must not end the subscription."""
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe()])
+    first = accepted.notify
+    compositor.close()
+    compositor, notifier, worker = open_store(tmp_path, clock)  # a new store process
+    _, recordings = worker.decide([publish(b"open")])
+    [second] = worker.after(recordings)  # nothing in flight as far as it knows
+    assert second.cseq == first.cseq + 1
+    assert worker.outcomes([delivered(first, 500)]) == []
+    [row] = compositor.watchers(ALICE)
+    assert row.state == "active"
+    worker.outcomes([delivered(second)])
+    _, recordings = worker.decide([publish(b"closed")])
+    assert len(worker.after(recordings)) == 1
+    compositor.close()
