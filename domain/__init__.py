@@ -15,8 +15,9 @@ from .publication import EVENT_TYPES, Audit, Publication, body_hash
 from .requests import Classified, ExpiryPolicy, Operation, PublishRequest, classify
 from .resource import (InvalidResource, address_of_record, other_address_of_record,
                        sip_address_of_record)
-from .subscription import (SUBSCRIPTION_EVENT_TYPES, CSeqOutOfOrder, NoMoreNotifies, Notify,
-                           NotifyTarget, Subscription, SubscriptionNotActive)
+from .subscription import (SUBSCRIPTION_EVENT_TYPES, CSeqOutOfOrder, NoMoreNotifies,
+                           NotTheSubscriber, Notify, NotifyTarget, Subscription,
+                           SubscriptionNotActive)
 
 __all__ = [
     "Audit", "BUILT_IN", "BadEvent", "Classified", "Composer", "Composition",
@@ -24,6 +25,7 @@ __all__ = [
     "compose_presence", "dialog_composer", "newest_composer", "presence_composer",
     "CSeqOutOfOrder", "NoMoreNotifies", "Notify", "NotifyTarget", "SUBSCRIPTION_EVENT_TYPES",
     "Subscription", "SubscriptionNotActive", "NotifyJob", "NotifyOutcome",
+    "NotTheSubscriber",
     "SubscribeAccepted", "SubscribeRequest", "SubscriptionPolicy",
     "ConditionalRequestFailed", "DEFAULT_PACKAGES", "EVENT_TYPES", "EventPackage",
     "EventPackages", "ExpiryPolicy", "IntervalTooBrief", "InternalError", "InvalidBody", "InvalidResource",

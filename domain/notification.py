@@ -131,5 +131,6 @@ class NotifyOutcome:
     @property
     def ends_subscription(self) -> bool:
         """RFC 6665 section 4.2.2: a NOTIFY that times out, or is answered with a non-2xx
-        response without Retry-After, ends the subscription."""
-        return not self.delivered and self.retry_after is None
+        response without Retry-After, ends the subscription; a 481 (the watcher knows no
+        such subscription) ends it whatever else the answer says."""
+        return self.status == 481 or (not self.delivered and self.retry_after is None)

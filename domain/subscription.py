@@ -66,6 +66,11 @@ class CSeqOutOfOrder(CompositorError):
         return f"CSeq {self.cseq} is not greater than the last one seen, {self.last_cseq}"
 
 
+class NotTheSubscriber(CompositorError):
+    """A request in the dialog of a subscription that an authenticated user made, from
+    another user (or none): only the subscriber may refresh or end it."""
+
+
 class NoMoreNotifies(CompositorError):
     """The final NOTIFY (Subscription-State: terminated) has already been recorded."""
 
@@ -227,6 +232,15 @@ class Subscription(Aggregate):
                       final=self.state == TERMINATED)
 
     # ---- commands -----------------------------------------------------------------------
+
+    def check_in_dialog(self, remote_cseq: int, now: float,
+                        identity: str | None = None) -> None:
+        """Would a request in this dialog be accepted? Raises what `refresh` and
+        `unsubscribe` would, before anything changes; and NotTheSubscriber when the
+        subscription was made by an authenticated user and `identity` is someone else."""
+        self._check_in_dialog(remote_cseq, now)
+        if self.identity is not None and identity != self.identity:
+            raise NotTheSubscriber()
 
     def _check_in_dialog(self, remote_cseq: int, now: float) -> None:
         if self.state == TERMINATED:

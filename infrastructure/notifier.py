@@ -93,6 +93,9 @@ class Notifier:
         self.held_bytes = 0  # estimated memory of the subscriptions held
         self.by_resource: dict[tuple[str, str], set[UUID]] = {}
         self._expiries: list[tuple[float, UUID]] = []
+        self._scheduled: dict[UUID, float] = {}  # the expiry each held one is in the heap for
+        self._deciding: Subscription | None = None  # the one a SUBSCRIBE is changing
+        self._retry_at = 0.0  # after a failed save: no new NOTIFYs before this
         # NOTIFYs answered with a Retry-After: their state is sent again when it passes.
         self._retries: list[tuple[float, UUID]] = []
         self.in_flight: dict[UUID, int] = {}  # subscription -> CSeq of its NOTIFY out
@@ -146,11 +149,19 @@ class Notifier:
         self.subscriptions[subscription.id] = subscription
         key = (subscription.aor, subscription.event_package)
         self.by_resource.setdefault(key, set()).add(subscription.id)
-        heapq.heappush(self._expiries, (subscription.expires_at, subscription.id))
+        if self._scheduled.get(subscription.id) != subscription.expires_at:
+            self._scheduled[subscription.id] = subscription.expires_at
+            heapq.heappush(self._expiries, (subscription.expires_at, subscription.id))
+            if len(self._expiries) > 2 * len(self.subscriptions) + 1024:
+                # Entries of refreshed or released subscriptions: rebuild (as the client
+                # transaction table does), so the heap stays proportional to what is held.
+                self._expiries = [(at, sid) for sid, at in self._scheduled.items()]
+                heapq.heapify(self._expiries)
 
     def _release(self, subscription_id: UUID) -> None:
         subscription = self.subscriptions.pop(subscription_id, None)
         self.dirty.pop(subscription_id, None)
+        self._scheduled.pop(subscription_id, None)
         if subscription is None:
             return
         self.held_bytes -= _size(subscription)
@@ -164,19 +175,26 @@ class Notifier:
     # ---- SUBSCRIBE ------------------------------------------------------------------------
 
     def subscribe_many(self, requests: Sequence[SubscribeRequest],
-                       now: float | None = None) -> list[SubscribeResult]:
+                       now: float | None = None, covers: int = 0) -> list[SubscribeResult]:
         """Decide each SUBSCRIBE in order and save the batch (one transaction); each
         accepted one carries its immediate NOTIFY, already recorded, unless a NOTIFY of
-        that subscription is in flight (then it follows when that one is answered)."""
+        that subscription is in flight (then it follows when that one is answered).
+        `covers`: the feed position the view holds (the batch's PUBLISHes were projected
+        first), so those changes are not told again to the new watchers."""
         now = self.clock() if now is None else now
         touched: dict[UUID, Subscription] = {}
         decided: list[tuple[SubscribeResult, UUID | None]] = []
         for request in requests:
+            before = set(touched)
+            self._deciding = None
             try:
-                decided.append(self._decide(request, now, touched))
-            except CompositorError as refusal:
-                decided.append((refusal, None))
-            except Exception as error:  # a fault on this request alone
+                decided.append(self._decide(request, now, touched, covers))
+            except Exception as error:
+                self._undo(touched, before)
+                if isinstance(error, CompositorError):
+                    decided.append((error, None))
+                    continue
+                # A fault on this request alone.
                 log.error("internal error deciding a SUBSCRIBE for %s: %s: %s", request.aor,
                           type(error).__name__, error)
                 decided.append((InternalError(f"internal error: {type(error).__name__}"),
@@ -187,6 +205,8 @@ class Notifier:
             self._save(touched)
         except Exception as error:
             log.error("saving subscriptions failed: %s", error)
+            for subscription_id in touched:
+                self.in_flight.pop(subscription_id, None)  # recorded NOTIFYs never left
             self._forget(touched)
             return [StoreUnavailable(f"event store save failed: {error}")
                     if isinstance(result, SubscribeAccepted) else result
@@ -198,13 +218,31 @@ class Notifier:
             results.append(result)
         return results
 
+    def _undo(self, touched: dict[UUID, Subscription], before: set[UUID]) -> None:
+        """A request failed part-way: what it changed is dropped (reloaded from the store),
+        so its half-done events are neither saved with the batch nor kept in memory."""
+        changed = [sid for sid in touched if sid not in before]
+        current = self._deciding
+        if current is not None and current.id not in before and \
+                current.id not in changed and getattr(current, "pending_events", None):
+            changed.append(current.id)
+        for subscription_id in changed:
+            touched.pop(subscription_id, None)
+            self.in_flight.pop(subscription_id, None)
+        if changed:
+            self._forget(changed)
+
     def _decide(self, request: SubscribeRequest, now: float,
-                touched: dict[UUID, Subscription]) -> tuple[SubscribeResult, UUID | None]:
+                touched: dict[UUID, Subscription],
+                covers: int = 0) -> tuple[SubscribeResult, UUID | None]:
         package = self.compositor.packages.get(request.event)  # BadEvent if unknown
         expires = self.policy.grant(request.expires)
         if request.local_tag is None:
-            return self._initial(request, package.name, expires, now, touched)
+            return self._initial(request, package.name, expires, now, touched, covers)
         subscription = self._in_dialog(request, touched)
+        self._deciding = subscription
+        # Every refusal before anything changes: CSeq, state, and who may.
+        subscription.check_in_dialog(request.cseq, now, request.identity)
         if self.config.node and subscription.owner != self.config.node:
             # The watcher's refresh reached this node: it sends the NOTIFYs from now on.
             subscription.adopt(self.config.node, now)
@@ -212,15 +250,15 @@ class Notifier:
             subscription.unsubscribe(now=now, remote_cseq=request.cseq)
         else:
             subscription.refresh(now=now, expires_at=now + expires, remote_cseq=request.cseq)
-            heapq.heappush(self._expiries, (subscription.expires_at, subscription.id))
         touched[subscription.id] = subscription
         self._hold(subscription)
-        job = self._notify_now(subscription, now, touched)
+        job = self._notify_now(subscription, now, touched, covers)
         return SubscribeAccepted(subscription.id.hex, subscription.local_tag, expires,
                                  job), subscription.id
 
     def _initial(self, request: SubscribeRequest, package: str, expires: int, now: float,
-                 touched: dict[UUID, Subscription]) -> tuple[SubscribeResult, UUID | None]:
+                 touched: dict[UUID, Subscription],
+                 covers: int = 0) -> tuple[SubscribeResult, UUID | None]:
         if expires == 0:
             # A fetch (RFC 6665 section 4.4.3): the state once, in a NOTIFY that ends the
             # dialog it opens; no subscription is kept.
@@ -248,7 +286,7 @@ class Notifier:
             local_uri=request.local_uri)
         touched[subscription_id] = subscription
         self._hold(subscription)
-        job = self._notify_now(subscription, now, touched)
+        job = self._notify_now(subscription, now, touched, covers)
         return SubscribeAccepted(subscription_id.hex, subscription.local_tag, expires,
                                  job), subscription_id
 
@@ -270,26 +308,30 @@ class Notifier:
             subscription = loaded
         if subscription.call_id != request.call_id or \
                 subscription.remote_tag != request.remote_tag or \
-                subscription.event_package != request.event:
+                subscription.event_package != request.event or \
+                getattr(subscription, "event_id", None) != request.event_id:
             raise SubscriptionNotActive("noresource")
         return subscription
 
     def _notify_now(self, subscription: Subscription, now: float,
-                    touched: dict[UUID, Subscription]) -> NotifyJob | None:
+                    touched: dict[UUID, Subscription], covers: int = 0) -> NotifyJob | None:
         if subscription.id in self.in_flight:
             self.dirty.setdefault(subscription.id, self.position)
             self.stats["folded"] += 1
             return None
         self.dirty.pop(subscription.id, None)
-        return self._record_notify(subscription, now, touched)
+        return self._record_notify(subscription, now, touched, covers=covers)
 
     # ---- NOTIFYs --------------------------------------------------------------------------
 
     def _record_notify(self, subscription: Subscription, now: float,
                        touched: dict[UUID, Subscription],
-                       states: dict[tuple[str, str, int], Any] | None = None) -> NotifyJob:
-        """Record the next NOTIFY of a subscription and build it (the caller saves)."""
-        notify = subscription.notified(now, position=self.position)
+                       states: dict[tuple[str, str, int], Any] | None = None,
+                       covers: int = 0) -> NotifyJob:
+        """Record the next NOTIFY of a subscription and build it (the caller saves). Its
+        state is the view's, which holds at least everything up to this consumer's
+        position (and `covers`, when the caller projected more)."""
+        notify = subscription.notified(now, position=max(self.position, covers))
         touched[subscription.id] = subscription
         self.in_flight[subscription.id] = notify.cseq
         if notify.final:
@@ -320,6 +362,8 @@ class Notifier:
         """A NOTIFY for every dirty subscription with none in flight, recorded in one save."""
         room = min(self.config.max_in_flight - len(self.in_flight),
                    self.config.max_per_flush)
+        if now < self._retry_at:
+            room = 0  # the last save failed: give the store a moment
         ready = []
         if room > 0:
             for sid in self.dirty:  # oldest change first
@@ -333,8 +377,9 @@ class Notifier:
         touched: dict[UUID, Subscription] = {}
         jobs: list[NotifyJob] = []
         states: dict[tuple[str, str, int], Any] = {}
+        since: dict[UUID, int] = {}
         for subscription_id in ready:
-            self.dirty.pop(subscription_id, None)
+            since[subscription_id] = self.dirty.pop(subscription_id, self.position)
             subscription = self.subscriptions.get(subscription_id)
             if subscription is None or subscription.final_notified:
                 continue
@@ -346,21 +391,30 @@ class Notifier:
             except CompositorError as refusal:
                 log.warning("no NOTIFY for %s: %s", subscription_id.hex, refusal)
             except Exception as error:
+                # A fault of ours (composing, say): record nothing for it, rather than a
+                # NOTIFY that never leaves; it is told again with its next change.
                 log.error("building a NOTIFY for %s failed: %s: %s", subscription_id.hex,
                           type(error).__name__, error)
                 self.in_flight.pop(subscription_id, None)
+                touched.pop(subscription_id, None)
+                self._forget([subscription_id])
         if not touched:
             self._save_position(now)
             return jobs
         try:
             self._save(touched)
         except Exception as error:
-            # Nothing recorded, nothing sent: they stay dirty and are tried again.
+            # Nothing recorded, nothing sent: they stay dirty (from the change each was
+            # waiting with) and are tried again a second later, reloaded from the store.
             log.error("recording NOTIFYs failed: %s", error)
+            waiting = {sid: since.get(sid, self.position) for sid in touched}
             for subscription_id in touched:
                 self.in_flight.pop(subscription_id, None)
-                self.dirty.setdefault(subscription_id, self.position)
             self._forget(touched)
+            for subscription_id, position in waiting.items():
+                if subscription_id in self.subscriptions:
+                    self.dirty.setdefault(subscription_id, position)
+            self._retry_at = now + 1.0
             return []
         self.stats["notifies"] += len(jobs)
         self._save_position(now)
@@ -414,7 +468,7 @@ class Notifier:
         if not self.subscriptions:
             self.position = max(self.position, self._head())
             return self._flush(now)
-        self.compositor.catch_up()  # the view must hold what is composed
+        read = self.position
         while True:
             notifications = self.app.recorder.select_notifications(
                 start=self.position + 1, limit=PAGE)
@@ -432,6 +486,10 @@ class Notifier:
             self.position = max(self.position, notifications[-1].id)
             if len(notifications) < PAGE:
                 break
+        if self.position > read:
+            # The view must hold everything up to the position a NOTIFY will say it
+            # covers: caught up after reading (it reads up to the head, at least as far).
+            self.compositor.catch_up()
         return self._flush(now)
 
     def _consume(self, pairs: Sequence[tuple[int, Any]], now: float) -> list[NotifyJob]:
@@ -625,7 +683,8 @@ class Notifier:
 
     def _more_ready(self) -> bool:
         """Are there dirty subscriptions that could get a NOTIFY now?"""
-        if len(self.in_flight) >= self.config.max_in_flight or not self.dirty:
+        if len(self.in_flight) >= self.config.max_in_flight or not self.dirty or \
+                self.clock() < self._retry_at:
             return False
         return any(sid not in self.in_flight for sid in self.dirty)
 

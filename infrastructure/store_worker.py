@@ -54,7 +54,9 @@ class StoreWorker:
                     results[index] = InternalError("no notifier in this store")
             else:
                 self.compositor.project(recordings)
-                decided = self.notifier.subscribe_many([r for _, r in subscribes])
+                covers = recordings[-1].notification.id if recordings else 0
+                decided = self.notifier.subscribe_many([r for _, r in subscribes],
+                                                       covers=covers)
                 for (index, _), result in zip(subscribes, decided):
                     results[index] = result
         for index, result in enumerate(results):

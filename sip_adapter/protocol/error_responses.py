@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from domain import (BadEvent, CompositorError, ConditionalRequestFailed, CSeqOutOfOrder,
                     IntervalTooBrief, InternalError, InvalidBody, MissingBody, NoMoreNotifies,
+                    NotTheSubscriber,
                     StoreUnavailable, SubscriptionNotActive, TooManyPublications,
                     UnsupportedMediaType)
 
@@ -43,6 +44,7 @@ RESPONSES: dict[type[CompositorError], tuple[int, str, Callable[[Any], Headers]]
     # RFC 3261 section 12.2.2: a request in a dialog with a lower CSeq is answered 500.
     CSeqOutOfOrder: (500, "CSeq Out Of Order", _no_headers),
     NoMoreNotifies: (500, "Server Internal Error", _no_headers),
+    NotTheSubscriber: (403, "Not The Subscriber", _no_headers),
 }
 
 

@@ -230,3 +230,69 @@ def test_the_failure_of_a_notify_a_later_one_replaced_ends_nothing(tmp_path, clo
     _, recordings = worker.decide([publish(b"closed")])
     assert len(worker.after(recordings)) == 1
     compositor.close()
+
+
+def test_a_failed_save_keeps_the_change_waiting_and_it_is_told_later(tmp_path, clock,
+                                                                       monkeypatch):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe()])
+    worker.outcomes([delivered(accepted.notify)])
+    _, recordings = worker.decide([publish(b"open")])
+    real = compositor.app.save_batch
+    monkeypatch.setattr(compositor.app, "save_batch",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    assert worker.after(recordings) == []  # could not be recorded: nothing sent
+    assert notifier.in_flight == {} and len(notifier.dirty) == 1
+    monkeypatch.setattr(compositor.app, "save_batch", real)
+    assert worker.tick() == []  # a second's pause after a failed save
+    clock.now += 1.5
+    [told] = worker.tick()
+    assert b"open" in told.body and told.cseq == accepted.notify.cseq + 1
+
+
+def test_a_subscribe_whose_save_fails_leaves_nothing_in_flight(tmp_path, clock, monkeypatch):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    monkeypatch.setattr(compositor.app, "save_batch",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    [refused], _ = worker.decide([subscribe()])
+    assert type(refused).__name__ == "StoreUnavailable"
+    assert notifier.in_flight == {} and notifier.subscriptions == {}
+
+
+def test_a_refused_refresh_changes_nothing_and_only_the_subscriber_may_refresh(tmp_path,
+                                                                                clock):
+    from dataclasses import replace
+
+    from domain import NotTheSubscriber
+
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([replace(subscribe(), identity="bob")])
+    worker.outcomes([delivered(accepted.notify)])
+    tag = accepted.local_tag
+    [stale], _ = worker.decide([replace(subscribe(cseq=1, local_tag=tag), identity="bob")])
+    assert isinstance(stale, CSeqOutOfOrder)
+    [other], _ = worker.decide([replace(subscribe(cseq=2, local_tag=tag), identity="eve")])
+    assert isinstance(other, NotTheSubscriber)
+    held = notifier.subscriptions[next(iter(notifier.subscriptions))]
+    assert not held.pending_events and held.remote_cseq == 1
+    [ok], _ = worker.decide([replace(subscribe(cseq=2, local_tag=tag), identity="bob")])
+    assert ok.expires == 600 and ok.notify is not None
+
+
+def test_a_refresh_pushes_one_expiry_and_the_heap_stays_small(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [accepted], _ = worker.decide([subscribe()])
+    tag = accepted.local_tag
+    worker.outcomes([delivered(accepted.notify)])
+    for cseq in range(2, 3000):
+        clock.now += 0.001
+        [refreshed], _ = worker.decide([subscribe(cseq=cseq, local_tag=tag)])
+        worker.outcomes([delivered(refreshed.notify)])
+    assert len(notifier._expiries) < 1100
+
+
+def test_a_publish_and_a_subscribe_in_one_batch_give_one_notify(tmp_path, clock):
+    compositor, notifier, worker = open_store(tmp_path, clock)
+    [published, accepted], recordings = worker.decide([publish(b"open"), subscribe()])
+    assert b"open" in accepted.notify.body  # its first NOTIFY has the PUBLISH already
+    assert worker.after(recordings) == []  # so that change is not told again
