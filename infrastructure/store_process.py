@@ -39,6 +39,8 @@ _PR_SET_PDEATHSIG = 1
 # The most requests the store process commits in one transaction when several batches
 # wait for it (each batch is at most the server's max_batch).
 MAX_MERGED_REQUESTS = 2048
+# The most messages (batches and NOTIFY outcomes) taken from the pipe in one turn.
+MAX_MERGED_MESSAGES = 64
 
 
 def _die_with_parent() -> None:
@@ -131,8 +133,9 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
         # NOTIFYs they free are recorded in one save after the batches are answered.
         batches: list[Any] = []
         outcomes: list[Any] = []
-        waiting, stopping = 0, False
+        waiting, taken, stopping = 0, 0, False
         while True:
+            taken += 1
             try:
                 message = conn.recv()
             except EOFError:
@@ -146,7 +149,10 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
             else:
                 batches.append(message)
                 waiting += len(message[1])
-            if waiting >= MAX_MERGED_REQUESTS or not conn.poll(0):
+            # Bounded in messages too: a steady stream of outcomes must not keep the loop
+            # reading forever.
+            if waiting >= MAX_MERGED_REQUESTS or taken >= MAX_MERGED_MESSAGES or \
+                    not conn.poll(0):
                 break
         recordings: list[Any] = []
         if batches:
@@ -164,6 +170,11 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
         send_notifies(worker.after(recordings, outcomes))
         if stopping:
             return
+        # A pipe that is never idle must not starve the notifier's timer (lapses, its node
+        # lease, Retry-After, reading other nodes' changes): run it when it is due.
+        deadline = worker.next_deadline()
+        if deadline is not None and time.time() >= deadline:
+            send_notifies(worker.tick())
 
 
 class StoreProcess:

@@ -114,3 +114,44 @@ def test_batches_waiting_together_are_answered_each_with_its_own_results(store_u
     assert [type(r) for r in second] == [ConditionalRequestFailed] * 2
     assert isinstance(third[0], Accepted) and isinstance(third[1], ConditionalRequestFailed)
     assert isinstance(third[2], Accepted)
+
+
+def test_a_pipe_that_is_never_idle_does_not_starve_the_notifiers_timer():
+    """The store process's loop runs the notifier's timer when it is due even if a message
+    is always waiting (before, the timer ran only when a wait timed out)."""
+    import time
+
+    from infrastructure.store_process import _serve
+
+    class BusyPipe:
+        def __init__(self) -> None:
+            self.sent: list = []
+            self.turns = 0
+
+        def poll(self, timeout=None) -> bool:
+            return True
+
+        def recv(self):
+            self.turns += 1
+            if self.turns > 640:
+                return None
+            return ("outcomes", [])
+
+        def send(self, message) -> None:
+            self.sent.append(message)
+
+    class Worker:
+        ticks = 0
+
+        def next_deadline(self):
+            return time.time() - 1  # always overdue
+
+        def tick(self):
+            Worker.ticks += 1
+            return []
+
+        def after(self, recordings, outcomes):
+            return []
+
+    _serve(BusyPipe(), Worker(), lambda jobs: None)
+    assert Worker.ticks >= 9  # one per turn of at most 64 messages
