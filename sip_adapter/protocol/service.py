@@ -298,11 +298,17 @@ class SipService:
                             [("Allow", self.allow_header)])
 
     def _authorize(self, request: Request, origin: Origin, key: TransactionKey,
-                   now: float, watching: bool, trusted: bool = False) -> str | None | Received:
+                   now: float, watching: bool, trusted: bool = False,
+                   in_dialog: bool = False) -> str | None | Received:
         """The domain check, Digest, and who may publish for (or watch) the resource: the
         authenticated identity (None without --auth-file, or from a trusted peer, which
-        skips Digest and the policy), or the answer that refuses."""
-        if self.domains:
+        skips Digest and the policy), or the answer that refuses.
+
+        `in_dialog`: a SUBSCRIBE refreshing or ending a subscription, sent (RFC 3261
+        12.2.1.1) to the Contact of our 200, not to the resource: its Request-URI names us,
+        so the domain and the policy are not asked about it; Digest still is, and the
+        notifier lets only the subscriber change a subscription."""
+        if self.domains and not in_dialog:
             host = _uri_host(request)
             if host is None or host not in self.domains:
                 return self._answer(request, origin, key, now, 404, "Domain Not Served Here")
@@ -315,6 +321,8 @@ class SipService:
             return self._answer(request, origin, key, now, result.status, result.phrase,
                                 list(result.headers))
         identity = result.username
+        if in_dialog:
+            return identity
         try:
             resource = request.aor  # the one address-of-record rule (domain/resource.py)
         except ParseError:
@@ -331,8 +339,10 @@ class SipService:
 
     def _subscribe(self, request: Request, origin: Origin, key: TransactionKey,
                    now: float) -> Received:
+        to = request.to
         identity = self._authorize(request, origin, key, now, watching=True,
-                                   trusted=self._trusted(origin))
+                                   trusted=self._trusted(origin),
+                                   in_dialog=to is not None and to.tag is not None)
         if isinstance(identity, Received):
             return identity
         try:

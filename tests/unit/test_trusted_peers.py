@@ -336,3 +336,57 @@ def test_events_stored_before_the_field_existed_replay_unchanged():
     # and the stored events as they are written now keep it
     assert {event_record(app.mapper.to_domain_event(r)).user_agent_source
             for r in stored} == {"203.0.113.7:5071"}
+
+
+# ---- SUBSCRIBE in a dialog -------------------------------------------------------------------
+
+
+def _digest_header(challenge: bytes, user: str, password: str, method: str, uri: str) -> str:
+    """An Authorization header answering the SHA-256 challenge in a 401 (RFC 7616),
+    computed here with hashlib, independently of the code under test."""
+    import hashlib
+    import re as _re
+
+    line = next(l for l in challenge.decode().split("\r\n")
+                if l.startswith("WWW-Authenticate:") and "SHA-256" in l)
+    nonce = _re.search(r'nonce="([^"]+)"', line).group(1)
+    opaque = _re.search(r'opaque="([^"]+)"', line).group(1)
+    h = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+    ha1, ha2 = h(f"{user}:{REALM}:{password}"), h(f"{method}:{uri}")
+    response = h(f"{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}")
+    return (f'Authorization: Digest username="{user}", realm="{REALM}", nonce="{nonce}", '
+            f'uri="{uri}", response="{response}", algorithm=SHA-256, qop=auth, '
+            f'nc=00000001, cnonce="c0ffee", opaque="{opaque}"')
+
+
+def test_a_refresh_sent_to_our_contact_is_not_refused_for_its_request_uri():
+    """RFC 3261 12.2.1.1: a refresh or unsubscribe goes to the remote target, the Contact
+    of our 200 (sip:192.0.2.1:5060), not to the resource. Neither the domain check nor the
+    [watchers] policy is asked about that URI (the notifier lets only the subscriber
+    change the subscription); Digest still applies."""
+    service = SipService(ServiceConfig(
+        authenticator=DigestAuthenticator(parse_credentials(
+            credential_line("alice", REALM, "secret", "SHA-256") + "\n"), REALM,
+            secret=b"k" * 32),
+        policy=Policy(watchers={"alice": ["sip:bob@example.com"]}), subscribe=True,
+        domains=("example.com",)), wall_clock=lambda: NOW)
+    uri = "sip:192.0.2.1:5060"
+
+    def refresh(*extra: str, branch: str) -> Request:
+        lines = [f"SUBSCRIBE {uri} SIP/2.0", f"Via: SIP/2.0/UDP 198.51.100.9:5060;branch={branch}",
+                 "From: <sip:alice@example.com>;tag=f1",
+                 "To: <sip:bob@example.com>;tag=" + "a" * 32, "Call-ID: dialog-1",
+                 "CSeq: 2 SUBSCRIBE", "Event: presence", "Expires: 600",
+                 "Contact: <sip:alice@198.51.100.9:5060>", *extra, "Content-Length: 0"]
+        parsed = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+        assert isinstance(parsed, Request)
+        return parsed
+
+    challenged = service.receive(refresh(branch="z9hG4bKr1"), STRANGER, NOW)
+    assert status(challenged) == 401
+    answered = service.receive(
+        refresh(_digest_header(challenged.replies[0].data, "alice", "secret", "SUBSCRIBE",
+                               uri), branch="z9hG4bKr2"), STRANGER, NOW)
+    assert answered.replies == [] and isinstance(answered.pending, PendingSubscribe), answered
+    assert answered.pending.subscribe.identity == "alice"
+    assert answered.pending.subscribe.local_tag == "a" * 32
