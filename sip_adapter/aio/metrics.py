@@ -306,7 +306,26 @@ def _in_flight(gateway: Any) -> int:
 
 
 class _Handler(WSGIRequestHandler):
-    timeout = 10  # seconds a scraper may take to send its request
+    timeout = 5  # seconds one read may take
+    #: Seconds a connection may live in all: a client that trickles a byte every few
+    #: seconds would otherwise hold one of the few slots for ever (and /health with it).
+    deadline = 5.0
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(self.deadline, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a scrape every few seconds is not worth a log line
