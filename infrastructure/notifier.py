@@ -8,8 +8,9 @@ the next NOTIFY (latest state wins) and NOTIFYs of one subscription never overta
 other. (A Refreshed publication changes no package's composed state, so it notifies no one.)
 
 Before a NOTIFY is handed to the SIP side its numbers are recorded (`Subscription.notified`,
-saved), with the feed position whose state it carries. That makes the consumer exactly-once
-across restarts without a distributed transaction:
+saved), with the feed position whose state it carries. That makes the consumer record each
+change as told exactly once across restarts, without a distributed transaction (a NOTIFY
+recorded just before a crash, not yet sent, is the one thing a crash can lose):
 
 - the position persisted (in the view's tracking table) never passes a change that is
   still waiting, folded, in a dirty subscription, so after a restart every change not yet
