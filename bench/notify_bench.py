@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Watcher benchmark: PUBLISH capacity and NOTIFY latency of `esc serve` with 10,000
-subscriptions attached, against the same server without them, in one run.
+subscriptions attached, against the same server without them, and Kamailio presence doing
+the same, in one run.
 
+For each server of --servers (esc, kamailio-sqlite, kamailio-memory; default esc and every
+Kamailio mode that is installed, see bench/sipp_bench.py and bench/peers/kamailio/), in
+turn: the ladder without watchers, the ladder with them, then the half-rate steps.
 Per step: start the server fresh; with watchers, a watcher farm (a child process of this
 script, plain non-blocking UDP sockets) SUBSCRIBEs --subscriptions watchers spread over
 --resources resources (sip:res1..resN, watcher i on resource i mod N + 1) and waits
@@ -15,6 +19,7 @@ the farm waits until no NOTIFY has come for --drain-idle seconds.
     python -m bench.notify_bench                        # ladder without, then with watchers
     python -m bench.notify_bench --rates 1000,2000,3000,4000 --half-repeat 3
     python -m bench.notify_bench --smoke                # 50 watchers on 10 resources, 2 s
+    python -m bench.notify_bench --servers esc,kamailio-memory --rates 1000,2000
 
 Measured (names used in the output):
 - PUBLISH response time: SIPp's log line just before each PUBLISH is sent to the log
@@ -22,13 +27,24 @@ Measured (names used in the output):
 - NOTIFY latency: arrival of a NOTIFY at the farm (time.time() at recvfrom) minus the
   arrival of the 200 at SIPp of the PUBLISH whose marker the NOTIFY carries (the latest
   change: NOTIFYs fold). On loopback the arrival is a close proxy for the NOTIFY
-  leaving the server;
+  leaving the server. Kamailio sends its NOTIFYs before the 200 of the PUBLISH that
+  caused them (presence's handle_publish notifies, then replies), so its latency can be
+  slightly negative; 'PUBLISH->NOTIFY' (arrival minus the moment SIPp sent that PUBLISH)
+  is reported beside it and is comparable between the servers;
 - change-to-watcher delay: for every change and every watcher of its resource, the first
   NOTIFY carrying that change or a later one, minus the change's 200 (folding included);
 - NOTIFYs received against expected: expected = one per state-changing PUBLISH (initial,
-  modifies, remove) per watcher of its resource; the difference is 'folded' (at most one
-  NOTIFY is in flight per subscription, changes meanwhile fold into the next), provided
-  every watcher's last NOTIFY shows its resource's last change ('final state' column).
+  modifies, remove) per watcher of its resource; the difference is 'folded' (esc: at most
+  one NOTIFY is in flight per subscription, changes meanwhile fold into the next; Kamailio
+  sends one NOTIFY per change), provided every watcher's last NOTIFY shows its resource's
+  last change ('final state' column). The NOTIFY answering the SUBSCRIBE (the watcher's
+  first, before any PUBLISH, without a marker) is not counted: esc numbers it CSeq 1,
+  Kamailio CSeq 2.
+
+Markers: Kamailio's presence_xml passes a presentity's PIDF through unchanged when it has
+one publication (as here), so its NOTIFYs keep the <note> marker; after the remove it sends
+a PIDF with <basic>closed</basic> and no note, which counts as the state after the remove,
+as esc's empty NOTIFY does.
 
 A rate passes (PUBLISH criterion, as bench/sipp_bench.py): no failed call, no
 retransmission, every call completed, PUBLISH p99 under --p99-ms (50), achieved rate at
@@ -38,8 +54,8 @@ NOTIFY target is reported beside it: NOTIFY latency p99 under --p99-ms at half t
 maximum PUBLISH rate without watchers (--half-repeat steps at that rate, with watchers).
 
 Loopback only; re-executed inside a private network namespace (`unshare -n`) when root.
-Kamailio is not part of this benchmark (its presence module is not installed here; the
-output says so).
+Kamailio listens on 127.0.0.1:5070 (fixed by its cfg); a Kamailio mode that is not
+installed is skipped with a line saying so.
 """
 from __future__ import annotations
 
@@ -85,6 +101,7 @@ def log(msg: str) -> None:
 # (wait until no NOTIFY for `idle` s, at most `max` s, then write the records and exit).
 
 NOTE_RE = re.compile(rb"<note>m(\d+)-(\d+)</note>")
+MAX_ATTEMPTS = 20
 KEEP = (b"Via:", b"From:", b"To:", b"Call-ID:", b"CSeq:", b"v:", b"f:", b"t:", b"i:")
 
 
@@ -123,7 +140,12 @@ def farm_main(cfg: dict) -> int:
 
     sub_status = [0] * n_subs  # final status of the SUBSCRIBE
     sub_sent_at = [0.0] * n_subs
-    sub_tries = [0] * n_subs
+    sub_tries = [0] * n_subs  # sends of the current attempt (1 + retransmissions)
+    # attempt = the SUBSCRIBE's CSeq; a 5xx answer (Kamailio: 500 when its SQLite
+    # watchers table is locked by another worker) is retried as a new transaction after
+    # a short pause, as a client would, up to MAX_ATTEMPTS
+    sub_attempt = [1] * n_subs
+    retry_at = [0.0] * n_subs
     first_notify = [False] * n_subs
     seen: set[tuple[int, int]] = set()
     rec_t: list[float] = []
@@ -132,6 +154,7 @@ def farm_main(cfg: dict) -> int:
     rec_m: list[int] = []
     stats = {"notifies": 0, "duplicates": 0, "wrong_resource": 0, "terminated": 0,
              "unparsed": 0, "subscribe_statuses": {}, "subscribe_retransmissions": 0,
+             "subscribe_5xx_retried": {},
              "rcvbuf": rcvbuf, "sockets": n_socks}
     last_notify = [0.0]
     time_ = time.time
@@ -140,12 +163,13 @@ def farm_main(cfg: dict) -> int:
         k = i % n_socks
         r = i % n_res + 1
         msg = (f"SUBSCRIBE sip:res{r}@{HOST} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {HOST}:{ports[k]};branch=z9hG4bK-{run}-s{i}\r\n"
+               f"Via: SIP/2.0/UDP {HOST}:{ports[k]};"
+               f"branch=z9hG4bK-{run}-s{i}-{sub_attempt[i]}\r\n"
                f"Max-Forwards: 70\r\n"
                f"From: <sip:w{i}@{HOST}>;tag=f{i}\r\n"
                f"To: <sip:res{r}@{HOST}>\r\n"
                f"Call-ID: w{i}.{run}@farm\r\n"
-               f"CSeq: 1 SUBSCRIBE\r\n"
+               f"CSeq: {sub_attempt[i]} SUBSCRIBE\r\n"
                f"Contact: <sip:w{i}@{HOST}:{ports[k]}>\r\n"
                f"Event: presence\r\n"
                f"Accept: application/pidf+xml\r\n"
@@ -214,10 +238,21 @@ def farm_main(cfg: dict) -> int:
                 status = int(data[8:11])
                 i0 = data.index(b"Call-ID: w") + 10
                 idx = int(data[i0:data.index(b".", i0)])
+                c0 = data.index(b"CSeq: ") + 6
+                rcseq = int(data[c0:data.index(b" ", c0)])
             except ValueError:
                 stats["unparsed"] += 1
                 return
-            if status >= 200 and 0 <= idx < n_subs and sub_status[idx] == 0:
+            if not 0 <= idx < n_subs or rcseq != sub_attempt[idx]:
+                return  # an answer to an earlier attempt
+            if 500 <= status < 600 and sub_status[idx] == 0 \
+                    and sub_attempt[idx] < MAX_ATTEMPTS and not retry_at[idx]:
+                retry_at[idx] = time_() + 0.05 * sub_attempt[idx]
+                key = str(status)
+                stats["subscribe_5xx_retried"][key] = \
+                    stats["subscribe_5xx_retried"].get(key, 0) + 1
+                return
+            if status >= 200 and sub_status[idx] == 0:
                 sub_status[idx] = status
                 key = str(status)
                 stats["subscribe_statuses"][key] = stats["subscribe_statuses"].get(key, 0) + 1
@@ -269,10 +304,18 @@ def farm_main(cfg: dict) -> int:
             subscribe(next_i)
             next_i += 1
             outstanding += 1
+        wall = time_()
+        for i in range(next_i):
+            if retry_at[i] and wall >= retry_at[i]:
+                retry_at[i] = 0.0
+                sub_attempt[i] += 1
+                sub_tries[i] = 0
+                subscribe(i)
         if next_i >= n_subs:
-            wall = time_()
             pending = [i for i in range(n_subs) if sub_status[i] == 0]
             for i in pending:
+                if retry_at[i]:
+                    continue
                 if wall - sub_sent_at[i] > retrans_after and sub_tries[i] < 6:
                     subscribe(i)  # same branch: a retransmission
                     stats["subscribe_retransmissions"] += 1
@@ -290,6 +333,7 @@ def farm_main(cfg: dict) -> int:
         "seconds": round(time.monotonic() - t0, 3),
         "subscribe_statuses": stats["subscribe_statuses"],
         "subscribe_retransmissions": stats["subscribe_retransmissions"],
+        "subscribe_5xx_retried": stats["subscribe_5xx_retried"],
     }
     ready["cpu_s"] = _own_cpu()
     print("READY " + json.dumps(ready), flush=True)
@@ -410,8 +454,10 @@ def summary(values: list[float]) -> dict:
             "mean": round(statistics.fmean(values), 2) if values else None}
 
 
-def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int) -> dict:
-    """NOTIFY latency, change-to-watcher delay, received against expected, final state."""
+def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int,
+                     sent: dict | None = None) -> dict:
+    """NOTIFY latency, change-to-watcher delay, received against expected, final state.
+    `sent`: {(call, cseq): time SIPp sent that PUBLISH}, for 'from_publish_ms'."""
     per_watcher: list[list[tuple[int, float, int]]] = [[] for _ in range(n_subs)]
     with open(records) as fh:
         for line in fh:
@@ -422,7 +468,8 @@ def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int) -> 
         changes.setdefault(call, []).append((cseq, t))
     for v in changes.values():
         v.sort()
-    latency, delay = [], []
+    latency, delay, from_publish = [], [], []
+    sent = sent or {}
     expected = received = initial = final_ok = final_missing = unmatched = 0
     for w in range(n_subs):
         r = w % n_res + 1
@@ -431,9 +478,11 @@ def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int) -> 
         answered_r = dict(res_changes)
         notes = sorted(per_watcher[w])
         shown = []  # (arrival, change carried) of the NOTIFYs after the first
-        for ncseq, t, marker in notes:
-            if ncseq == 1 and marker < 0:
-                initial += 1  # the NOTIFY answering the SUBSCRIBE, before any PUBLISH
+        for k, (ncseq, t, marker) in enumerate(notes):
+            if k == 0 and marker < 0:
+                # the NOTIFY answering the SUBSCRIBE, before any PUBLISH (the farm waits
+                # for it before SIPp starts): CSeq 1 from esc, 2 from Kamailio
+                initial += 1
                 continue
             received += 1
             # no marker after the first NOTIFY: the resource has no publication left,
@@ -444,6 +493,9 @@ def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int) -> 
                 unmatched += 1
                 continue
             latency.append((t - at) * 1000.0)
+            st = sent.get((r, carried))
+            if st is not None:
+                from_publish.append((t - st) * 1000.0)
             shown.append((t, carried))
         expected += len(res_changes)
         # change-to-watcher: first NOTIFY carrying this change or a later one
@@ -461,7 +513,8 @@ def analyze_notifies(records: Path, answered: dict, n_subs: int, n_res: int) -> 
     return {"expected": expected, "received": received, "folded": expected - received,
             "initial_notifies": initial, "unmatched": unmatched,
             "final_state_ok": final_ok, "final_state_missing": final_missing,
-            "latency_ms": summary(latency), "change_to_watcher_ms": summary(delay)}
+            "latency_ms": summary(latency), "change_to_watcher_ms": summary(delay),
+            "from_publish_ms": summary(from_publish)}
 
 
 def _comm(pid: int) -> str:
@@ -478,8 +531,10 @@ def server_log_problems(path: Path) -> dict:
     try:
         with open(path, errors="replace") as fh:
             for line in fh:
-                if (" ERROR " in line or " WARNING " in line or "Traceback" in line) \
-                        and "authentication is OFF" not in line:
+                # esc: " ERROR " / " WARNING "; Kamailio: " ERROR: <module> ..."
+                if (any(w in line for w in (" ERROR ", " WARNING ", " ERROR:", " WARNING:",
+                                            " CRITICAL:", " BUG:", " ALERT:"))
+                        or "Traceback" in line) and "authentication is OFF" not in line:
                     lines.append(line.rstrip())
     except OSError:
         pass
@@ -496,18 +551,51 @@ def plan(rate: float, resources: int, seconds: float) -> tuple[int, int, float]:
     return modifies, int(round(period_ms)), (modifies + 1) * period_ms / 1000 + resources / rate
 
 
-def run_step(args, mode: str, rate: float, rep: int, step_dir: Path, label: str = "") -> dict:
+def make_server(args, name: str, step_dir: Path) -> sb.Server:
+    """`esc serve` on args.port (5070 in the private namespace), or Kamailio through
+    bench/peers/kamailio/run.sh on 5070 as in bench/sipp_bench.py."""
+    if name == "esc":
+        port = args.port or (5070 if os.environ.get(sb.NETNS_ENV) else sb.free_port())
+        return sb.EscServer(port, "udp", step_dir, args.esc_cmd)
+    server = sb.KamailioServer(sb.KAMAILIO_PORT, "udp", step_dir, args.peers,
+                               name.split("-", 1)[1], args.kamailio_children)
+    server.env["PRELOAD_SQL"] = str(kamailio_watchers_sql(args))
+    return server
+
+
+def kamailio_watchers_sql(args) -> Path:
+    """The farm's watchers, authorized in advance in Kamailio's `watchers` table (run.sh
+    PRELOAD_SQL; the same for steps without watchers). Without them presence_xml inserts
+    a row per new subscription, and its two workers inserting into SQLite at once get
+    "database is locked" (db_sqlite sets no busy timeout) and answer 500: 75,000 500s
+    for 10,000 SUBSCRIBEs at 2,000/s in a trial. With force_active the row would say
+    active anyway; preloading it only keeps the subscribe phase off SQLite writes."""
+    path = args.out / f"kamailio-watchers-{args.subscriptions}-{args.resources}.sql"
+    if not path.exists():
+        now = int(time.time())
+        rows = "".join(
+            f"INSERT INTO watchers (presentity_uri, watcher_username, watcher_domain, "
+            f"event, status, inserted_time) VALUES ('sip:res{i % args.resources + 1}@{HOST}',"
+            f" 'w{i}', '{HOST}', 'presence', 1, {now});\n"
+            for i in range(args.subscriptions))
+        path.write_text("BEGIN;\n" + rows + "COMMIT;\n")
+    return path
+
+
+def run_step(args, server_name: str, mode: str, rate: float, rep: int, step_dir: Path,
+             label: str = "") -> dict:
     step_dir.mkdir(parents=True, exist_ok=True)
     watchers = mode == "with"
     modifies, pause_ms, planned_s = plan(rate, args.resources, args.step_seconds)
     calls = args.resources
-    step = {"mode": mode, "label": label or mode, "offered_publish_per_s": rate,
+    step = {"server": server_name, "mode": mode, "label": label or mode, "offered_publish_per_s": rate,
             "repetition": rep, "resources": args.resources,
             "subscriptions": args.subscriptions if watchers else 0,
             "modifies_per_resource": modifies, "pause_ms": pause_ms,
             "publish_planned": calls * (modifies + 2), "planned_s": round(planned_s, 2),
             "started": sb.now_iso(), "dir": str(step_dir), "failures": [], "passed": False}
-    port = args.port or (5070 if os.environ.get(sb.NETNS_ENV) else sb.free_port())
+    server = make_server(args, server_name, step_dir)
+    port = server.port
     for _ in range(50):
         if sb.port_free(port):
             break
@@ -518,7 +606,6 @@ def run_step(args, mode: str, rate: float, rep: int, step_dir: Path, label: str 
     if args.idle_wait > 0:
         step["idle_wait"] = sb.wait_idle(args.idle_wait, args.idle_cpu)
     step["loadavg_before"] = open("/proc/loadavg").read().split()[:3]
-    server = sb.EscServer(port, "udp", step_dir, args.esc_cmd)
     farm = None
     sipp = None
     try:
@@ -629,7 +716,8 @@ def run_step(args, mode: str, rate: float, rep: int, step_dir: Path, label: str 
     # ---- NOTIFY side
     records = step_dir / "notifies.txt"
     if watchers and records.exists():
-        step["notify"] = analyze_notifies(records, answered, args.subscriptions, args.resources)
+        step["notify"] = analyze_notifies(records, answered, args.subscriptions, args.resources,
+                                          sent)
         if not args.keep_raw:
             records.unlink()
     step["server_log"] = server_log_problems(step_dir / "server.log")
@@ -693,23 +781,26 @@ def fmt(v, spec="{:g}") -> str:
 
 
 def table(doc: dict) -> str:
-    hdr = ["run", "rate", "passed", "achieved", "PUB p50/p99 ms", "NOTIFY lat p50/p99 ms",
-           "change->watcher p50/p99 ms", "NOTIFYs recv/expected", "folded", "final ok",
-           "CPU srv/farm", "other CPU", "notes"]
+    hdr = ["server", "run", "rate", "passed", "achieved", "PUB p50/p99 ms",
+           "NOTIFY lat p50/p99 ms", "PUB->NOTIFY p50/p99 ms", "change->watcher p50/p99 ms",
+           "NOTIFYs recv/expected", "folded", "final ok", "CPU srv/farm", "other CPU", "notes"]
     rows = []
     for s in doc["steps"]:
         rt = s.get("rt_ms") or {}
         n = s.get("notify") or {}
         lat = n.get("latency_ms") or {}
+        fp = n.get("from_publish_ms") or {}
         dl = n.get("change_to_watcher_ms") or {}
         cs = s.get("cpu_share") or {}
         notes = "; ".join(s["failures"] + s.get("notify_problems", []))
         rows.append([
+            s.get("server", "esc"),
             s["label"] + (f" r{s['repetition']}" if s["label"] == "half" else ""),
             f"{s['offered_publish_per_s']:g}", "yes" if s["passed"] else "NO",
             fmt(s.get("achieved_publish_per_s"), "{:.0f}"),
             f"{fmt(rt.get('p50'))}/{fmt(rt.get('p99'))}",
             f"{fmt(lat.get('p50'))}/{fmt(lat.get('p99'))}" if n else "-",
+            f"{fmt(fp.get('p50'))}/{fmt(fp.get('p99'))}" if n else "-",
             f"{fmt(dl.get('p50'))}/{fmt(dl.get('p99'))}" if n else "-",
             f"{n['received']}/{n['expected']}" if n else "-",
             (f"{n['folded']} ({n['folded'] / n['expected']:.0%})" if n.get("expected") else "-"),
@@ -721,97 +812,130 @@ def table(doc: dict) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
     line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
     out = [line(hdr), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    res = doc.get("result") or {}
-    out.append("")
-    out.append(f"max PUBLISH/s passing without watchers: {fmt(res.get('max_without'))}; "
-               f"with {doc['config']['subscriptions']} watchers: {fmt(res.get('max_with'))}; "
-               f"ratio {fmt(res.get('capacity_ratio'), '{:.0%}')} (target >= 70%)")
-    if res.get("half"):
-        h = res["half"]
-        out.append(f"at half the maximum without watchers ({h['rate']:g} PUBLISH/s, with "
-                   f"watchers, {h['runs']} runs): NOTIFY latency p99 {h['p99_ms']} ms "
-                   f"(spread {h['p99_min']}-{h['p99_max']}), p50 {h['p50_ms']} ms; "
-                   f"target p99 < {doc['config']['p99_ms']:g} ms: "
-                   f"{'met' if h['met'] else 'NOT met'}")
-    out.append("Kamailio: not installed on this machine, not measured (no Kamailio column).")
+    results = doc.get("result") or {}
+    for name in doc["config"]["servers"]:
+        res = results.get(name) or {}
+        out.append("")
+        out.append(f"{name}: max PUBLISH/s passing without watchers: "
+                   f"{fmt(res.get('max_without'))}; with {doc['config']['subscriptions']} "
+                   f"watchers: {fmt(res.get('max_with'))}; ratio "
+                   f"{fmt(res.get('capacity_ratio'), '{:.0%}')} (target >= 70%)")
+        if res.get("half"):
+            h = res["half"]
+            out.append(f"{name}: at half the maximum without watchers ({h['rate']:g} "
+                       f"PUBLISH/s, with watchers, {h['runs']} runs): NOTIFY latency p99 "
+                       f"{h['p99_ms']} ms (spread {h['p99_min']}-{h['p99_max']}), p50 "
+                       f"{h['p50_ms']} ms; PUBLISH->NOTIFY p99 {h['from_publish_p99_ms']} ms, "
+                       f"p50 {h['from_publish_p50_ms']} ms; target p99 < "
+                       f"{doc['config']['p99_ms']:g} ms: {'met' if h['met'] else 'NOT met'}")
+    for sk in doc.get("skipped") or []:
+        out.append("")
+        out.append(f"{sk['server']}: not measured: {sk['reason']}")
+    if not any(n.startswith("kamailio") for n in doc["config"]["servers"]) \
+            and not any(sk["server"].startswith("kamailio") for sk in doc.get("skipped") or []):
+        out.append("")
+        out.append("Kamailio: not selected (--servers), not measured.")
     return "\n".join(out)
 
 
-def summarize(doc: dict, args) -> None:
+def summarize_server(steps: list[dict], args) -> dict:
     res: dict = {}
     for mode in MODES:
-        passing = [s["offered_publish_per_s"] for s in doc["steps"]
+        passing = [s["offered_publish_per_s"] for s in steps
                    if s["mode"] == mode and s["label"] == mode and s["passed"]]
         res[f"max_{mode}"] = max(passing) if passing else None
     if res["max_without"] and res["max_with"] is not None:
         res["capacity_ratio"] = round(res["max_with"] / res["max_without"], 3)
-    half = [s for s in doc["steps"] if s["label"] == "half"]
-    p99s = [s["notify"]["latency_ms"]["p99"] for s in half
-            if (s.get("notify") or {}).get("latency_ms", {}).get("p99") is not None]
-    p50s = [s["notify"]["latency_ms"]["p50"] for s in half
-            if (s.get("notify") or {}).get("latency_ms", {}).get("p50") is not None]
+    half = [s for s in steps if s["label"] == "half"]
+
+    def vals(key: str, q: str) -> list[float]:
+        return [s["notify"][key][q] for s in half
+                if (s.get("notify") or {}).get(key, {}).get(q) is not None]
+    p99s, p50s = vals("latency_ms", "p99"), vals("latency_ms", "p50")
+    fp99s, fp50s = vals("from_publish_ms", "p99"), vals("from_publish_ms", "p50")
     if half:
         res["half"] = {"rate": half[0]["offered_publish_per_s"], "runs": len(half),
                        "p99_ms": statistics.median(p99s) if p99s else None,
                        "p99_min": min(p99s) if p99s else None,
                        "p99_max": max(p99s) if p99s else None,
                        "p50_ms": statistics.median(p50s) if p50s else None,
+                       "from_publish_p99_ms": statistics.median(fp99s) if fp99s else None,
+                       "from_publish_p50_ms": statistics.median(fp50s) if fp50s else None,
                        "met": bool(p99s) and max(p99s) < args.p99_ms,
                        "publish_passed": all(s["passed"] for s in half)}
-    doc["result"] = res
+    return res
+
+
+def summarize(doc: dict, args) -> None:
+    doc["result"] = {name: summarize_server([s for s in doc["steps"]
+                                             if s.get("server", "esc") == name], args)
+                     for name in doc["config"]["servers"]}
+
+
+def availability(args) -> tuple[list[str], list[dict]]:
+    """The servers of --servers (default: esc and every Kamailio mode installed); a
+    Kamailio that is not installed is skipped with a line saying so."""
+    return sb.availability(SimpleNamespace(servers=args.servers, esc_cmd=args.esc_cmd,
+                                           peers=args.peers))
 
 
 def benchmark(args) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    servers, skipped = availability(args)
     machine = sb.machine_info(SimpleNamespace(sipp=args.sipp))
     doc = {
-        "schema": 1, "tool": "bench/notify_bench.py", "argv": sys.argv,
+        "schema": 2, "tool": "bench/notify_bench.py", "argv": sys.argv,
         "started": sb.now_iso(), "finished": None, "machine": machine,
         "git_commit": sb.cmd_version(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
         "config": {
-            "subscriptions": args.subscriptions, "resources": args.resources,
+            "servers": servers, "subscriptions": args.subscriptions,
+            "resources": args.resources,
             "rates": args.rates, "step_seconds": args.step_seconds,
             "p99_ms": args.p99_ms, "min_achieved_ratio": args.min_achieved,
             "half_repeat": args.half_repeat, "scenario": str(args.scenario),
             "scenario_sha256": sb.sha256(args.scenario), "esc_cmd": args.esc_cmd,
+            "peers": str(args.peers), "kamailio_port": sb.KAMAILIO_PORT,
+            "kamailio_children": args.kamailio_children,
             "farm_sockets": args.farm_sockets, "subscribe_rate": args.subscribe_rate,
             "drain_idle_s": args.drain_idle, "nice": os.getpriority(os.PRIO_PROCESS, 0),
             "netns": bool(os.environ.get(sb.NETNS_ENV)), "smoke": args.smoke},
-        "kamailio": "not installed on this machine: not measured",
+        "skipped": skipped,
         "steps": [], "result": None,
     }
-    log(f"results -> {out}")
+    log(f"servers: {', '.join(servers) or 'none'}; results -> {out}")
     deadline = time.monotonic() + args.time_limit * 60
     try:
-        for mode in args.modes:
-            for rate in args.rates:
-                if time.monotonic() > deadline:
-                    doc["stopped"] = f"time limit ({args.time_limit} min)"
-                    break
-                step_dir = out / "steps" / f"{mode}-{rate:g}"
-                log(f"{mode} watchers, {rate:g} PUBLISH/s ...")
-                step = run_step(args, mode, rate, 1, step_dir)
-                step["finished"] = sb.now_iso()
-                doc["steps"].append(step)
-                report(step)
-                sb.write_results(out, doc)
-                if not step["passed"]:
-                    break
-        summarize(doc, args)
-        mx = doc["result"].get("max_without")
-        if args.half_repeat and mx and "with" in args.modes:
-            half = mx / 2
-            for rep in range(1, args.half_repeat + 1):
-                if time.monotonic() > deadline:
-                    break
-                log(f"half: with watchers, {half:g} PUBLISH/s (rep {rep}/{args.half_repeat}) ...")
-                step = run_step(args, "with", half, rep, out / "steps" / f"half-{half:g}-r{rep}",
-                                label="half")
-                step["finished"] = sb.now_iso()
-                doc["steps"].append(step)
-                report(step)
-                sb.write_results(out, doc)
+        for name in servers:
+            for mode in args.modes:
+                for rate in args.rates:
+                    if time.monotonic() > deadline:
+                        doc["stopped"] = f"time limit ({args.time_limit} min)"
+                        break
+                    step_dir = out / "steps" / f"{name}-{mode}-{rate:g}"
+                    log(f"{name}: {mode} watchers, {rate:g} PUBLISH/s ...")
+                    step = run_step(args, name, mode, rate, 1, step_dir)
+                    step["finished"] = sb.now_iso()
+                    doc["steps"].append(step)
+                    report(step)
+                    sb.write_results(out, doc)
+                    if not step["passed"]:
+                        break
+            summarize(doc, args)
+            mx = doc["result"][name].get("max_without")
+            if args.half_repeat and mx and "with" in args.modes:
+                half = mx / 2
+                for rep in range(1, args.half_repeat + 1):
+                    if time.monotonic() > deadline:
+                        break
+                    log(f"{name}: half: with watchers, {half:g} PUBLISH/s "
+                        f"(rep {rep}/{args.half_repeat}) ...")
+                    step = run_step(args, name, "with", half, rep,
+                                    out / "steps" / f"{name}-half-{half:g}-r{rep}", label="half")
+                    step["finished"] = sb.now_iso()
+                    doc["steps"].append(step)
+                    report(step)
+                    sb.write_results(out, doc)
     except (sb.Interrupted, KeyboardInterrupt) as exc:
         doc["interrupted"] = str(exc) or "KeyboardInterrupt"
         log(f"interrupted: {doc['interrupted']}")
@@ -846,9 +970,12 @@ def report(step: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notify_bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--servers", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help=f"comma list of {','.join(sb.ALL_SERVERS)}, each run in turn "
+                        "[default: esc and every Kamailio mode installed]")
     p.add_argument("--rates", type=sb.parse_rates, default=list(DEFAULT_LADDER),
                    help="offered PUBLISH/s ladder, run without then with watchers, each up "
-                        "to its first failing rate")
+                        "to its first failing rate, for each server")
     p.add_argument("--modes", type=lambda s: [x for x in s.split(",") if x],
                    default=list(MODES), help="without,with (watchers)")
     p.add_argument("--subscriptions", type=int, default=10000)
@@ -878,7 +1005,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--esc-cmd", default=None,
                    help="command template for the server; {host} {port} {tmpdir} {store}")
     p.add_argument("--port", type=int, default=0,
-                   help="server port (0: 5070 in the private namespace, else a free one)")
+                   help="esc's port (0: 5070 in the private namespace, else a free one); "
+                        "Kamailio's is 5070, fixed by its cfg")
+    p.add_argument("--peers", type=Path, default=sb.DEFAULT_PEERS,
+                   help="peers directory (kamailio/run.sh)")
+    p.add_argument("--kamailio-children", type=int, default=None,
+                   help="CHILDREN for run.sh (UDP workers and TCP readers; run.sh default 2)")
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
     p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
     p.add_argument("--sipp-args", default="")
@@ -906,6 +1038,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         p.error(f"unknown mode(s) {bad}")
+    bad = [s for s in (args.servers or []) if s not in sb.ALL_SERVERS]
+    if bad:
+        p.error(f"unknown server(s) {bad}; choose from {sb.ALL_SERVERS}")
+    args.peers = args.peers.resolve()
     if args.smoke:
         args.subscriptions, args.resources = 50, 10
         args.rates, args.step_seconds, args.half_repeat = [20.0], 2.0, 0

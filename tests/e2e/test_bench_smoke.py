@@ -42,16 +42,18 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
 def test_notify_bench_smoke(tmp_path: Path) -> None:
     """The watcher benchmark (bench/notify_bench.py) at a tiny size: 50 watchers on 10
-    resources, 20 PUBLISH/s for 2 s, without then with the watchers."""
+    resources, 20 PUBLISH/s for 2 s, without then with the watchers. It also runs every
+    Kamailio mode that is installed (CI installs none: the output says they are
+    skipped); only esc's steps are checked here."""
     if shutil.which("sipp") is None:
         pytest.skip("sipp not installed (apt-get install sip-tester): cannot run the benchmark smoke")
     out = tmp_path / "notify"
     cmd = [sys.executable, "-m", "bench.notify_bench", "--smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     report = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, report
     doc = json.loads((out / "results.json").read_text())
-    steps = {s["mode"]: s for s in doc["steps"]}
+    steps = {s["mode"]: s for s in doc["steps"] if s["server"] == "esc"}
     assert set(steps) == {"without", "with"}, report
     for step in steps.values():
         assert step["publish_count"] == step["publish_planned"] > 0, report
@@ -64,4 +66,5 @@ def test_notify_bench_smoke(tmp_path: Path) -> None:
     lat = notify["latency_ms"]
     assert lat["samples"] == notify["received"] and lat["p50"] is not None, report
     assert -50 < lat["p50"] <= lat["p99"] < 5000, report
-    assert "Kamailio" in proc.stdout, report
+    # each Kamailio mode is either measured or skipped with a line saying why
+    assert "kamailio-sqlite" in proc.stdout and "kamailio-memory" in proc.stdout, report

@@ -20,6 +20,13 @@
 #   SHM_MB      shared memory in MB (default 4096): tm keeps every transaction
 #               about 5 s after its reply, which at 16,000 PUBLISH/s peaked
 #               near 1.1 GB
+#   PRELOAD_SQL an SQL file run on the new database before Kamailio starts
+#               (default none). bench/notify_bench.py uses it to authorize its
+#               watchers in advance (rows in the `watchers` table with status 1,
+#               active): presence_xml looks every new subscription up there and,
+#               when none is found, inserts one, and two workers inserting into
+#               SQLite at once get "database is locked" (db_sqlite sets no busy
+#               timeout) and answer 500. The PUBLISH benchmark sets nothing.
 #
 # Needs the Debian packages kamailio, kamailio-presence-modules,
 # kamailio-sqlite-modules and sqlite3, and `ss` (iproute2).
@@ -32,6 +39,7 @@ PUBL_CACHE="${PUBL_CACHE:-1}"
 CHILDREN="${CHILDREN:-2}"
 JOURNAL="${JOURNAL:-}"
 SHM_MB="${SHM_MB:-4096}"
+PRELOAD_SQL="${PRELOAD_SQL:-}"
 DB="$RUNDIR/presence.db"
 PIDFILE="$RUNDIR/kamailio.pid"
 LOG="$RUNDIR/kamailio.log"
@@ -55,6 +63,9 @@ start() {
     mkdir -p "$RUNDIR"
     sqlite3 "$DB" < "$SCHEMA_DIR/standard-create.sql"   # the version table
     sqlite3 "$DB" < "$SCHEMA_DIR/presence-create.sql"
+    if [[ -n "$PRELOAD_SQL" ]]; then
+        sqlite3 "$DB" < "$PRELOAD_SQL"
+    fi
     local -a defines=(-A "DBURL=\"sqlite://$DB\""
                       -A "PUBL_CACHE=$PUBL_CACHE"
                       -A "CTLSOCK=\"unix:$RUNDIR/kamailio_ctl\""
