@@ -245,8 +245,10 @@ def farm_main(cfg: dict) -> int:
                 return
             if not 0 <= idx < n_subs or rcseq != sub_attempt[idx]:
                 return  # an answer to an earlier attempt
+            if retry_at[idx]:
+                return  # a repeated 5xx of an attempt whose retry is already planned
             if 500 <= status < 600 and sub_status[idx] == 0 \
-                    and sub_attempt[idx] < MAX_ATTEMPTS and not retry_at[idx]:
+                    and sub_attempt[idx] < MAX_ATTEMPTS:
                 retry_at[idx] = time_() + 0.05 * sub_attempt[idx]
                 key = str(status)
                 stats["subscribe_5xx_retried"][key] = \
