@@ -66,6 +66,7 @@ class SubscribeRequest:
     route_set: tuple[str, ...] = ()
     identity: str | None = None  # the authenticated user, if any
     local_uri: str | None = None  # the To URI: our side of the dialog (RFC 3261 12.1.1)
+    received_on: str | None = None  # our socket it arrived at ("192.0.2.1:5060"), if known
 
     @property
     def initial(self) -> bool:
@@ -96,6 +97,7 @@ class NotifyJob:
     event_id: str | None = None
     route_set: tuple[str, ...] = ()
     local_uri: str | None = None  # the NOTIFY's From URI (the SUBSCRIBE's To); None: aor
+    received_on: str | None = None  # send from this socket of ours when it is still bound
 
     @property
     def final(self) -> bool:

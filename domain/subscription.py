@@ -126,7 +126,8 @@ class Subscription(Aggregate):
                   route_set: Sequence[str], remote_cseq: int, transport: str, host: str,
                   port: int, expires_at: float, now: float, identity: str | None = None,
                   local_cseq: int = 0, event_id: str | None = None,
-                  owner: str | None = None, local_uri: str | None = None) -> "Subscription":
+                  owner: str | None = None, local_uri: str | None = None,
+                  received_on: str | None = None) -> "Subscription":
         """Create the subscription of an initial SUBSCRIBE. `remote_tag` is the watcher's
         From tag, `local_tag` our To tag; `transport`, `host` and `port` are where the
         SUBSCRIBE came from; `local_cseq` is the CSeq before our first NOTIFY's (any start
@@ -149,7 +150,7 @@ class Subscription(Aggregate):
             watcher_contact=watcher_contact, route_set=list(route_set),
             remote_cseq=remote_cseq, local_cseq=local_cseq, transport=transport, host=host,
             port=port, expires_at=expires_at, identity=identity, at=now,
-            event_id=event_id, owner=owner, local_uri=local_uri,
+            event_id=event_id, owner=owner, local_uri=local_uri, received_on=received_on,
         )
 
     class Subscribed(Created):
@@ -173,6 +174,7 @@ class Subscription(Aggregate):
         event_id: str | None
         owner: str | None
         local_uri: str | None
+        received_on: str | None
 
     @event(Subscribed)
     def __init__(self, *, aor: str, event_package: str, call_id: str, remote_tag: str,
@@ -180,7 +182,7 @@ class Subscription(Aggregate):
                  remote_cseq: int, local_cseq: int, transport: str, host: str, port: int,
                  expires_at: float, identity: str | None, at: float,
                  event_id: str | None = None, owner: str | None = None,
-                 local_uri: str | None = None) -> None:
+                 local_uri: str | None = None, received_on: str | None = None) -> None:
         self.aor = aor
         self.event_package = event_package
         self.call_id = call_id
@@ -201,6 +203,9 @@ class Subscription(Aggregate):
         self.owner = owner
         # Our URI in the dialog (the SUBSCRIBE's To URI): the NOTIFYs' From.
         self.local_uri = local_uri
+        # The socket of ours the SUBSCRIBE reached: NOTIFYs leave from it (a watcher
+        # behind NAT or a firewall expects them from the address it sent to).
+        self.received_on = received_on
         # The change-feed position the last NOTIFY's state covered: a change at or before
         # it has been told to this watcher (the notifier's exactly-once rule).
         self.notified_position = 0

@@ -269,7 +269,8 @@ class Notifier:
                             request.remote_tag, request.watcher_uri, request.watcher_contact,
                             1, request.transport, request.host, request.port, TERMINATED,
                             0, TIMEOUT, state.content_type, state.body, request.event_id,
-                            request.route_set, local_uri=request.local_uri)
+                            request.route_set, local_uri=request.local_uri,
+                            received_on=request.received_on)
             return SubscribeAccepted("", local_tag, 0, job), None
         if len(self.subscriptions) >= self.config.max_subscriptions or \
                 self.held_bytes >= self.config.max_subscription_bytes:
@@ -284,7 +285,7 @@ class Notifier:
             remote_cseq=request.cseq, transport=request.transport, host=request.host,
             port=request.port, expires_at=now + expires, now=now,
             identity=request.identity, event_id=request.event_id, owner=self.config.node,
-            local_uri=request.local_uri)
+            local_uri=request.local_uri, received_on=request.received_on)
         touched[subscription_id] = subscription
         self._hold(subscription)
         job = self._notify_now(subscription, now, touched, covers)
@@ -357,7 +358,8 @@ class Notifier:
                          subscription.host, subscription.port, state_name, expires_in,
                          reason, state.content_type, state.body, subscription.event_id,
                          subscription.route_set,
-                         local_uri=getattr(subscription, "local_uri", None))
+                         local_uri=getattr(subscription, "local_uri", None),
+                         received_on=getattr(subscription, "received_on", None))
 
     def _flush(self, now: float) -> list[NotifyJob]:
         """A NOTIFY for every dirty subscription with none in flight, recorded in one save."""

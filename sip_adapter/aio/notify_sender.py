@@ -37,7 +37,7 @@ class Link(Protocol):
 
 
 class NotifySender:
-    def __init__(self, *, find_udp: Callable[[str], tuple[Link, Origin] | None],
+    def __init__(self, *, find_udp: Callable[[str, str | None], tuple[Link, Origin] | None],
                  find_connection: Callable[[str, str, int], tuple[Link, Origin] | None],
                  local_address: Callable[[Origin], tuple[str, int]],
                  random_bytes: Callable[[int], bytes],
@@ -91,7 +91,7 @@ class NotifySender:
     def _send(self, job: NotifyJob, now: float) -> None:
         destination = (job.host, job.port)
         if job.transport == "udp":
-            found = self._find_udp(job.host)
+            found = self._find_udp(job.host, job.received_on)
         else:
             found = self._find_connection(job.transport, job.host, job.port)
         if found is None:
@@ -160,7 +160,7 @@ class NotifySender:
         self._timer, self._timer_at = None, None
         retransmits, completed = self.transactions.due(self._clock())
         for data, job in retransmits:
-            found = self._find_udp(job.host)
+            found = self._find_udp(job.host, job.received_on)
             if found is not None:
                 try:
                     found[0].send(data, (job.host, job.port))

@@ -267,8 +267,16 @@ class SipServer:
 
     # ---- where NOTIFYs go ---------------------------------------------------------------------
 
-    def _udp_for(self, host: str) -> tuple[UDPProtocol, Origin] | None:
-        """A UDP socket of the family of `host` to send a NOTIFY from."""
+    def _udp_for(self, host: str, received_on: str | None = None
+                 ) -> tuple[UDPProtocol, Origin] | None:
+        """The UDP socket to send a NOTIFY from: the one its SUBSCRIBE reached
+        (`received_on`, "host:port") while it is bound, else one of the family of `host`."""
+        if received_on is not None:
+            local_host, _, port = received_on.rpartition(":")
+            local = (local_host.strip("[]"), int(port)) if port.isdigit() else None
+            protocol = self._udp_by_local.get(local) if local is not None else None
+            if protocol is not None and local is not None:
+                return protocol, Origin("udp", (host, 0), None, local)
         want_v6 = ":" in host
         for local, protocol in self._udp_by_local.items():
             if (":" in local[0]) == want_v6:
