@@ -62,13 +62,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import re
 import selectors
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -1060,13 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.netns and not os.environ.get(sb.NETNS_ENV):
         return sb.reexec_in_netns(args, script=Path(__file__))
-    signal.signal(signal.SIGTERM, sb._on_signal)
-    signal.signal(signal.SIGINT, sb._on_signal)
-    if args.nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        except OSError as exc:
-            print(f"cannot set nice {args.nice}: {exc}", flush=True)
+    sb.prepare_process(args)
     return benchmark(args)
 
 

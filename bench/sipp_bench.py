@@ -1307,6 +1307,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.netns and not os.environ.get(NETNS_ENV):
         return reexec_in_netns(args)
+    prepare_process(args)
+    return benchmark(args)
+
+
+def prepare_process(args) -> None:
+    """What a benchmark's process does before it starts servers: warn about interfaces
+    other than lo in its namespace, stop cleanly on SIGTERM/SIGINT, and take the niceness
+    asked for (inherited by every server and SIPp process started from here)."""
     if os.environ.get(NETNS_ENV):
         ifaces = net_interfaces()
         if ifaces != ["lo"]:
@@ -1314,11 +1322,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     if args.nice:
-        try:  # inherited by every server and SIPp process started from here
+        try:
             os.setpriority(os.PRIO_PROCESS, 0, args.nice)
         except OSError as exc:
             print(f"cannot set nice {args.nice}: {exc}", flush=True)
-    return benchmark(args)
 
 
 if __name__ == "__main__":

@@ -268,17 +268,8 @@ class CurrentStateView(TrackingRecorder):
 
     def live(self, aor: str | None = None, event: str | None = None,
              now: float | None = None) -> list[LivePublication]:
-        clauses, params = ["1"], []
-        if aor is not None:
-            clauses.append("aor = ?")
-            params.append(aor)
-        if event is not None:
-            clauses.append("event = ?")
-            params.append(event)
-        if now is not None:
-            clauses.append("expires_at > ?")
-            params.append(now)
-        return self._rows(" AND ".join(clauses), params, order="aor, event, published_at, id")
+        where, params = _where(aor=aor, event=event, expires_after=now)
+        return self._rows(where, params, order="aor, event, published_at, id")
 
     def count_live(self, aor: str, event: str, now: float) -> int:
         with self._lock:
@@ -314,24 +305,11 @@ class CurrentStateView(TrackingRecorder):
         """Subscriptions, of one resource or of all, of one package or of all, of one owner
         node or of all (`owner` None: no filter). `active_only`: not terminated and, when
         `now` is given, not yet expired. Ordered by aor, event, subscribed_at, id."""
-        clauses, params = ["1"], list[Any]()
-        if aor is not None:
-            clauses.append("aor = ?")
-            params.append(aor)
-        if event is not None:
-            clauses.append("event = ?")
-            params.append(event)
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if active_only:
-            clauses.append("state = ?")
-            params.append(ACTIVE)
-            if now is not None:
-                clauses.append("expires_at > ?")
-                params.append(now)
+        where, params = _where(aor=aor, event=event, owner=owner,
+                               state=ACTIVE if active_only else None,
+                               expires_after=now if active_only else None)
         sql = (f"SELECT {', '.join(SUBSCRIPTION_COLUMNS)} FROM subscriptions "
-               f"WHERE {' AND '.join(clauses)} ORDER BY aor, event, subscribed_at, id")
+               f"WHERE {where} ORDER BY aor, event, subscribed_at, id")
         with self._lock:
             rows = self.db.execute(sql, params).fetchall()
         return [SubscriptionRow(*row) for row in rows]
@@ -396,3 +374,18 @@ class CurrentStateView(TrackingRecorder):
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()
+
+
+def _where(*, expires_after: float | None = None,
+           **equal: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause of the filters given (None: no filter): each `column = ?`, and
+    `expires_at > ?` for `expires_after`."""
+    clauses, params = ["1"], list[Any]()
+    for column, value in equal.items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if expires_after is not None:
+        clauses.append("expires_at > ?")
+        params.append(expires_after)
+    return " AND ".join(clauses), params

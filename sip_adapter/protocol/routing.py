@@ -27,8 +27,13 @@ class Origin:
         return self.transport != "udp"
 
     def describe(self) -> str:
-        host, port = self.address[0], self.address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return describe_address(self.address)
+
+
+def describe_address(address: tuple[str, int]) -> str:
+    """"192.0.2.1:5060", "[2001:db8::1]:5060"."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def response_port(origin: Origin, via_port: int | None, wants_rport: bool) -> int:

@@ -19,7 +19,7 @@ from . import abnf
 from .errors import ParseError, Refused
 from .headers import split_list
 from .messages import Request
-from .routing import Origin
+from .routing import Origin, describe_address
 from .uri import SipUri, parse_uri
 from .values import NameAddr
 
@@ -142,10 +142,5 @@ def to_subscribe_request(request: Request, origin: Origin, *, identity: str | No
         host=host, port=port, local_tag=to.tag if to is not None else None,
         event_id=event_id, expires=expires, route_set=route_set, identity=identity,
         local_uri=to.uri if to is not None else None,
-        received_on=_describe(origin.local) if origin.local is not None else None,
+        received_on=describe_address(origin.local) if origin.local is not None else None,
     )
-
-
-def _describe(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
