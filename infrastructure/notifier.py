@@ -317,7 +317,9 @@ class Notifier:
 
     def _notify_now(self, subscription: Subscription, now: float,
                     touched: dict[UUID, Subscription], covers: int = 0) -> NotifyJob | None:
-        if subscription.id in self.in_flight:
+        if subscription.id in self.in_flight or \
+                len(self.in_flight) >= self.config.max_in_flight:
+            # One of its own is out, or the notifier is at its bound: it follows later.
             self.dirty.setdefault(subscription.id, self.position)
             self.stats["folded"] += 1
             return None

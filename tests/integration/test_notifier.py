@@ -296,3 +296,21 @@ def test_a_publish_and_a_subscribe_in_one_batch_give_one_notify(tmp_path, clock)
     [published, accepted], recordings = worker.decide([publish(b"open"), subscribe()])
     assert b"open" in accepted.notify.body  # its first NOTIFY has the PUBLISH already
     assert worker.after(recordings) == []  # so that change is not told again
+
+
+def test_notifies_in_flight_are_bounded_and_the_rest_wait_and_fold(tmp_path, clock):
+    compositor = Compositor.open(f"sqlite:///{tmp_path}/esc.sqlite3", clock=clock)
+    notifier = Notifier(compositor, NotifierConfig(max_in_flight=3), clock=clock)
+    worker = StoreWorker(compositor, notifier)
+    results, _ = worker.decide([subscribe(call_id=f"c{n}") for n in range(5)])
+    first = [r.notify for r in results if r.notify is not None]
+    assert len(first) == 3 and len(notifier.in_flight) == 3  # two wait
+    _, recordings = worker.decide([publish(b"open")])
+    assert worker.after(recordings) == []  # still three out: the change waits
+    more = worker.outcomes([delivered(job) for job in first])
+    assert len(more) == 3 and len(notifier.in_flight) == 3
+    assert all(b"open" in job.body for job in more)
+    rest = worker.outcomes([delivered(job) for job in more])
+    assert len(rest) == 2  # every watcher hears of the change once, none twice
+    assert worker.outcomes([delivered(job) for job in rest]) == []
+    compositor.close()
