@@ -50,7 +50,8 @@ async def serve(settings, listens, reload_settings=None) -> int:
             policy=SubscriptionPolicy(default_expires=settings.max_subscribe_expires,
                                       min_expires=settings.min_subscribe_expires,
                                       max_expires=settings.max_subscribe_expires),
-            node=_node_name(settings), max_subscriptions=settings.max_subscriptions)
+            node=_node_name(settings), max_subscriptions=settings.max_subscriptions,
+            publish_wait_target=settings.notify_yield_ms / 1000 or None)
 
     def start_store_process():
         # The compositor, its expiry scheduler and the notifier run in a process of their

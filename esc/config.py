@@ -57,6 +57,9 @@ class ServeSettings:
     max_subscriptions: int = 100_000  # active subscriptions held; beyond it 503; 0: no SUBSCRIBE
     min_subscribe_expires: int = 60  # a shorter non-zero SUBSCRIBE gets 423 with Min-Expires
     max_subscribe_expires: int = 3600  # a longer one is shortened; also the default
+    # NOTIFY recording yields to PUBLISHes that waited longer than this for the store
+    # (milliseconds; the changes it cannot tell meanwhile fold); 0: never yields
+    notify_yield_ms: float = 10.0
     node: str = ""  # this node's name (PostgreSQL, several nodes): it notifies what it owns
     # authentication, authorization, TLS
     auth_file: str = ""
@@ -77,7 +80,7 @@ INT_SETTINGS = {"default_expires", "min_expires", "max_expires", "max_batch", "c
                 "max_subscribe_expires",
                 "max_list_elements", "max_params"}
 FLOAT_SETTINGS = {"tcp_idle_timeout", "tcp_read_timeout", "rate_limit", "rate_burst",
-                  "nonce_lifetime", "max_queue_wait", "store_timeout"}
+                  "nonce_lifetime", "max_queue_wait", "store_timeout", "notify_yield_ms"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -187,6 +190,8 @@ def validate(settings: ServeSettings) -> None:
     if not 1 <= settings.min_subscribe_expires <= settings.max_subscribe_expires:
         raise ConfigError("--min-subscribe-expires must be at least 1 and not more than "
                           "--max-subscribe-expires")
+    if not 0 <= settings.notify_yield_ms <= 10_000:
+        raise ConfigError("--notify-yield-ms must be between 0 (never yield) and 10000")
     if settings.policy_file and not settings.auth_file:
         raise ConfigError("--policy-file needs --auth-file (authorization follows authentication)")
     if settings.metrics:

@@ -69,6 +69,10 @@ def add_serve_commands(commands: Any) -> None:
                    help="shortest subscription granted; shorter gets 423 (60 s)")
     p.add_argument("--max-subscribe-expires", type=int,
                    help="longest subscription granted, and the default (3600 s)")
+    p.add_argument("--notify-yield-ms", type=float,
+                   help="NOTIFYs yield to PUBLISHes that waited longer than this for the "
+                        "store; the changes they cannot tell meanwhile fold into later "
+                        "NOTIFYs (10 ms; 0: never yield)")
     p.add_argument("--node",
                    help="this node's name when several share a PostgreSQL store: it sends "
                         "the NOTIFYs of the subscriptions it owns")

@@ -39,8 +39,11 @@ class Committer(Protocol):
 
     notify_sink: NotifySink | None
 
-    def submit(self, requests: Sequence[Request]) -> asyncio.Future[list[Result]]:
-        """Hand over a batch; the future gets one result per request, in order."""
+    def submit(self, requests: Sequence[Request], waiting_since: float | None = None
+               ) -> asyncio.Future[list[Result]]:
+        """Hand over a batch; the future gets one result per request, in order.
+        `waiting_since`: when (time.monotonic) its oldest request arrived, so the store
+        can weigh its NOTIFY work against PUBLISH latency (notify_pacing.py)."""
         ...
 
     def report(self, outcomes: Sequence[NotifyOutcome]) -> None:
@@ -86,13 +89,15 @@ class InProcessCommitter:
     def failure(self) -> asyncio.Future[str]:
         return self._failure
 
-    def submit(self, requests: Sequence[Request]) -> asyncio.Future[list[Result]]:
+    def submit(self, requests: Sequence[Request], waiting_since: float | None = None
+               ) -> asyncio.Future[list[Result]]:
         future: asyncio.Future[list[Result]] = self._loop.create_future()
         batch = list(requests)
         if self._failure.done():
             future.set_result(unavailable(len(batch)))
             return future
-        done = self._loop.run_in_executor(self._executor, self._process, batch)
+        done = self._loop.run_in_executor(self._executor, self._process, batch,
+                                          waiting_since)
 
         def deliver(outcome: asyncio.Future) -> None:
             if future.done():
@@ -105,9 +110,11 @@ class InProcessCommitter:
         done.add_done_callback(deliver)
         return future
 
-    def _process(self, batch: list[Request]) -> list[Result]:
+    def _process(self, batch: list[Request], waiting_since: float | None = None
+                 ) -> list[Result]:
+        waited = None if waiting_since is None else time.monotonic() - waiting_since
         try:
-            results, recordings = self.worker.decide(batch)
+            results, recordings = self.worker.decide(batch, waited)
         except Exception as error:  # never let a batch go unanswered
             log.error("compositor failed on a batch: %s", error)
             return unavailable(len(batch), f"compositor failed: {error}")

@@ -43,6 +43,8 @@ from domain import (CompositorError, InternalError, NotifyJob, NotifyOutcome, Pu
 from domain.notification import SubscribeAccepted
 from domain.subscription import DEACTIVATED, TERMINATED, TIMEOUT
 
+from .notify_pacing import NotifyPacer
+
 if TYPE_CHECKING:
     from .compositor import Compositor
     from .leases import NodeLeases
@@ -72,6 +74,11 @@ class NotifierConfig:
     # NOTIFYs recorded in one step: the store process handles waiting PUBLISH batches
     # between steps, so a burst of NOTIFYs never holds PUBLISH answers up for long.
     max_per_flush: int = 256
+    # PUBLISH first (notify_pacing.py): once PUBLISH batches wait longer than this
+    # (seconds) for the store, NOTIFY steps get less of its time, never below
+    # min_notify_share; what waits folds. None: no pacing.
+    publish_wait_target: float | None = None
+    min_notify_share: float = 0.05
     poll_interval: float = 0.1  # how often the feed is read for others' writes
     save_position_every: float = 1.0
     # Several nodes: each renews its lease this often; one not renewed for lease_ttl is
@@ -103,11 +110,15 @@ class Notifier:
         self.dirty: dict[UUID, int] = {}  # subscription -> first change position not told
         self.position = 0
         self._position_saved = 0
-        self._position_saved_at = 0.0
+        # The last time (and position) the oldest waiting change was looked for.
+        self._position_checked_at = 0.0
+        self._position_checked = 0
         self.stats = {"notifies": 0, "folded": 0, "failed": 0, "expired": 0, "adopted": 0}
         self.leases = leases if config.node else None
         self._next_lease = 0.0
         self._next_poll = 0.0
+        self.pacer = NotifyPacer(config.publish_wait_target, config.min_notify_share) \
+            if config.publish_wait_target else None
         self._load()
 
     # ---- start ----------------------------------------------------------------------------
@@ -369,6 +380,9 @@ class Notifier:
                    self.config.max_per_flush)
         if now < self._retry_at:
             room = 0  # the last save failed: give the store a moment
+        if room > 0 and self.dirty and self.pacer is not None:
+            # Asked first, so a step the PUBLISHes do not leave room for costs nothing.
+            room = self.pacer.room(min(room, len(self.dirty)))
         ready = []
         if room > 0:
             for sid in self.dirty:  # oldest change first
@@ -379,6 +393,7 @@ class Notifier:
         if not ready:
             self._save_position(now)
             return []
+        started = time.perf_counter()
         touched: dict[UUID, Subscription] = {}
         jobs: list[NotifyJob] = []
         states: dict[tuple[str, str, int], Any] = {}
@@ -422,8 +437,17 @@ class Notifier:
             self._retry_at = now + 1.0
             return []
         self.stats["notifies"] += len(jobs)
+        if self.pacer is not None:
+            self.pacer.spent(time.perf_counter() - started, len(jobs))
+            self.stats["paced_steps"] = self.pacer.paced_steps
         self._save_position(now)
         return jobs
+
+    def publishes_decided(self, waited: float | None = None) -> None:
+        """A PUBLISH batch was decided, its oldest request having waited `waited`
+        seconds for the store: the pacer weighs NOTIFY steps against PUBLISHes."""
+        if self.pacer is not None:
+            self.pacer.publishes(waited)
 
     def _save(self, touched: dict[UUID, Subscription]) -> None:
         with self.app.lock:
@@ -524,18 +548,22 @@ class Notifier:
     def _save_position(self, now: float) -> None:
         """Persist the position, never beyond a change still waiting in a dirty
         subscription; throttled, since a lost update only means re-reading some events."""
+        every = self.config.save_position_every
+        if now - self._position_checked_at < every and \
+                self.position - self._position_checked < 10_000:
+            return  # (cheap: finding the oldest waiting change scans every dirty one)
+        if self.dirty:
+            self._position_checked_at, self._position_checked = now, self.position
         safe = min([self.position] + [p - 1 for p in self.dirty.values()])
         if safe <= self._position_saved:
-            return
-        if now - self._position_saved_at < self.config.save_position_every and \
-                safe - self._position_saved < 10_000:
             return
         try:
             self.view.set_position(POSITION_NAME, safe)
         except Exception as error:
             log.warning("notifier position not saved: %s", error)
             return
-        self._position_saved, self._position_saved_at = safe, now
+        self._position_saved = safe
+        self._position_checked_at, self._position_checked = now, self.position
 
     # ---- outcomes and timers -----------------------------------------------------------------
 
@@ -682,6 +710,12 @@ class Notifier:
         if self.leases is not None:
             deadline = self._next_lease if deadline is None else min(deadline,
                                                                      self._next_lease)
+        wait = self.pacer.ready_in() if self.pacer is not None and self.dirty else 0.0
+        if wait > 0:
+            # The pacer holds the next step back (PUBLISHes first): due when it lets it
+            # run, whether or not one is ready by then (not scanned for: the scan costs).
+            now = self.clock()
+            return now + wait if deadline is None else min(deadline, now + wait)
         if self._more_ready():
             return self.clock()  # the next step is due at once (after waiting batches)
         return deadline

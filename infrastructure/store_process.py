@@ -60,7 +60,7 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     configure(log_level, from_environment(), process="store")
     from .compositor import Compositor
     from .expiry import ExpiryScheduler
-    from .gc_tuning import tune_for_throughput
+    from .gc_tuning import OLD_THRESHOLD, tune_for_throughput
     from .leases import leases_for
     from .notifier import Notifier
     from .store_worker import StoreWorker
@@ -82,10 +82,11 @@ def _child_main(conn: Any, url: str, options: dict[str, Any], expiry: bool,
     scheduler = ExpiryScheduler(compositor).start() if expiry else None
     stats.expiry = scheduler
     stats.start()
-    # Start-up objects frozen, default thresholds: with the SIP process's larger threshold
-    # this process ended the million-publication benchmark 40 MB larger (cause not found;
-    # see gc_tuning.py).
-    tune_for_throughput(young_threshold=None)
+    # Start-up objects frozen, the default young threshold: with the SIP process's larger
+    # one this process ended the million-publication benchmark 40 MB larger (cause not
+    # found); full collections rarer, since each scans every subscription held (see
+    # gc_tuning.py).
+    tune_for_throughput(young_threshold=None, old_threshold=OLD_THRESHOLD)
     conn.send(("ready", None))
 
     def send_notifies(jobs: list[Any]) -> None:
@@ -134,6 +135,7 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
         batches: list[Any] = []
         outcomes: list[Any] = []
         waiting, taken, stopping = 0, 0, False
+        since: float | None = None  # when the oldest request of these batches arrived
         while True:
             taken += 1
             try:
@@ -147,8 +149,10 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
             if message[0] == "outcomes":
                 outcomes.extend(message[1])
             else:
-                batches.append(message)
+                batches.append(message[:2])
                 waiting += len(message[1])
+                if len(message) > 2 and message[2] is not None:
+                    since = message[2] if since is None else min(since, message[2])
             # Bounded in messages too: a steady stream of outcomes must not keep the loop
             # reading forever.
             if waiting >= MAX_MERGED_REQUESTS or taken >= MAX_MERGED_MESSAGES or \
@@ -160,7 +164,8 @@ def _serve(conn: Any, worker: Any, send_notifies: Any, stats: Any = None) -> Non
             # Answer as soon as the batch is durable; the read model follows before the
             # next batch is decided (its per-resource limit reads the view), then the
             # notifier turns the new events into NOTIFYs.
-            results, recordings = worker.decide(requests)
+            results, recordings = worker.decide(
+                requests, None if since is None else time.monotonic() - since)
             if stats is not None:
                 stats.batch(len(requests))
             start = 0
@@ -225,8 +230,8 @@ class StoreProcess:
     def failure(self) -> asyncio.Future[str]:
         return self._failure
 
-    def submit(self, requests: Sequence[PublishRequest | SubscribeRequest]
-               ) -> asyncio.Future[list[Result]]:
+    def submit(self, requests: Sequence[PublishRequest | SubscribeRequest],
+               waiting_since: float | None = None) -> asyncio.Future[list[Result]]:
         future: asyncio.Future[list[Result]] = self._loop.create_future()
         requests = list(requests)
         if self._failure.done():
@@ -234,7 +239,7 @@ class StoreProcess:
             return future
         self._sequence += 1
         try:
-            payload = ForkingPickler.dumps((self._sequence, requests))
+            payload = ForkingPickler.dumps((self._sequence, requests, waiting_since))
         except Exception as error:  # cannot happen with our own dataclasses; stay safe
             log.error("could not encode a batch for the store: %s", error)
             future.set_result(unavailable(len(requests), "store process unavailable"))

@@ -114,6 +114,9 @@ class StoreStats:
             stats["notifies_in_flight"] = len(notifier.in_flight)
             stats["notifier_position"] = int(notifier.position)
             stats["notifier"] = dict(notifier.stats)
+            stats["notifies_waiting"] = len(notifier.dirty)
+            if notifier.pacer is not None:
+                stats["notify_share"] = round(notifier.pacer.share, 3)
         return stats
 
     def _feed_position(self) -> int:

@@ -36,9 +36,11 @@ class StoreWorker:
         self.compositor = compositor
         self.notifier = notifier
 
-    def decide(self, requests: Sequence[Request]) -> tuple[list[Any], list[Recording]]:
+    def decide(self, requests: Sequence[Request], waited: float | None = None
+               ) -> tuple[list[Any], list[Recording]]:
         """Decide and commit a batch: one result per request, in order, every change
-        durable; and the PUBLISH recordings still to pass to `after`."""
+        durable; and the PUBLISH recordings still to pass to `after`. `waited`: how long
+        its oldest request waited for the store (seconds), for the notifier's pacing."""
         publishes = [(i, r) for i, r in enumerate(requests) if isinstance(r, PublishRequest)]
         results: list[Any] = [None] * len(requests)
         recordings: list[Recording] = []
@@ -46,6 +48,8 @@ class StoreWorker:
             decided, recordings = self.compositor.commit_many([r for _, r in publishes])
             for (index, _), result in zip(publishes, decided):
                 results[index] = result
+            if self.notifier is not None:
+                self.notifier.publishes_decided(waited)
         subscribes = [(i, r) for i, r in enumerate(requests)
                       if isinstance(r, SubscribeRequest)]
         if subscribes:

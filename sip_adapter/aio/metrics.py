@@ -261,9 +261,20 @@ class _ServerCollector(Collector):
                 yield _gauge("esc_notifier_lag_events", "Feed events the notifier has not "
                              "consumed yet", max(0, position - latest.get("notifier_position",
                                                                           position)))
+            yield _gauge("esc_notifier_waiting", "Subscriptions with a change not told yet "
+                         "(waiting for their NOTIFY in flight, the in-flight bound or the "
+                         "pacer)", latest.get("notifies_waiting", 0))
+            if "notify_share" in latest:
+                yield _gauge("esc_notify_share", "Share of the store process's time NOTIFY "
+                             "recording may take while PUBLISHes flow (1: all it wants; "
+                             "lower: PUBLISHes waited past --notify-yield-ms)",
+                             latest["notify_share"])
             folded = latest.get("notifier", {})
             yield _counter("esc_notifies_folded", "Changes folded into a later NOTIFY (the "
-                           "watcher had one in flight)", folded.get("folded", 0))
+                           "watcher had one in flight, or the pacer held it back)",
+                           folded.get("folded", 0))
+            yield _counter("esc_notify_steps_paced", "NOTIFY steps cut short or put off so "
+                           "that waiting PUBLISHes go first", folded.get("paced_steps", 0))
             yield _counter("esc_subscriptions_expired", "Subscriptions ended by timeout",
                            folded.get("expired", 0))
 

@@ -194,7 +194,8 @@ class StoreGateway:
                 continue
             entry = (now, batch)
             self._in_flight.append(entry)
-            future = committer.submit([pending.command for pending in batch])
+            future = committer.submit([pending.command for pending in batch],
+                                      waiting_since=batch[0].received_at)
             future.add_done_callback(lambda done, entry=entry: self._batch_done(entry, done))
 
     def _batch_done(self, entry: tuple[float, list[Pending]],

@@ -117,6 +117,10 @@ def test_metrics_count_what_was_sent(metered):
     assert value(samples, "esc_store_restarts_total") == 0
     assert value(samples, "esc_transactions", kind="server") >= 1  # kept for retransmissions
     assert value(samples, "esc_subscriptions_active") == 0
+    assert value(samples, "esc_notifier_waiting") == 0
+    # (1.0 unless a PUBLISH waited past 10 ms for the store: a busy test machine may)
+    assert 0.05 <= value(samples, "esc_notify_share") <= 1.0
+    assert value(samples, "esc_notify_steps_paced_total") == 0  # no watcher, no step
     assert value(samples, "esc_notifies_total", outcome="sent") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
 

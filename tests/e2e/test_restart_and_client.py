@@ -82,7 +82,8 @@ def test_sigterm_exits_zero_and_keeps_state(tmp_path):
 
 def test_bad_serve_arguments_give_one_line(tmp_path):
     for args in (["--listen", "udp:nowhere"], ["--min-expires", "0"],
-                 ["--listen", "sctp:127.0.0.1:5060"], ["--config", str(tmp_path / "none.toml")]):
+                 ["--listen", "sctp:127.0.0.1:5060"], ["--config", str(tmp_path / "none.toml")],
+                 ["--notify-yield-ms", "-1"], ["--notify-yield-ms", "soon"]):
         result = subprocess.run([sys.executable, "-m", "esc", "serve", *args], cwd=ROOT,
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0

@@ -10,6 +10,7 @@ from domain import (CSeqOutOfOrder, IntervalTooBrief, NotifyOutcome, PublishRequ
                     SubscriptionPolicy)
 from infrastructure import Compositor
 from infrastructure.notifier import Notifier, NotifierConfig
+from infrastructure.notify_pacing import NotifyPacer
 from infrastructure.store_worker import StoreWorker
 
 PIDF = (b'<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" '
@@ -313,4 +314,38 @@ def test_notifies_in_flight_are_bounded_and_the_rest_wait_and_fold(tmp_path, clo
     rest = worker.outcomes([delivered(job) for job in more])
     assert len(rest) == 2  # every watcher hears of the change once, none twice
     assert worker.outcomes([delivered(job) for job in rest]) == []
+    compositor.close()
+
+
+def test_notify_steps_yield_to_publishes_that_waited_and_the_rest_follow_folded(
+        tmp_path, clock):
+    """PUBLISH first: while PUBLISH batches wait past the target, a NOTIFY step gets only
+    what the pacer's tokens pay for; the other watchers' changes wait and fold, and go
+    out once the PUBLISHes let them (here: once none came for the pacer's window)."""
+    compositor = Compositor.open(f"sqlite:///{tmp_path}/esc.sqlite3", clock=clock)
+    notifier = Notifier(compositor, NotifierConfig(publish_wait_target=0.010), clock=clock)
+    assert notifier.pacer is not None  # as `esc serve` runs it
+    pace = Clock(0.0)
+    notifier.pacer = NotifyPacer(target=0.010, min_share=0.05, burst=0.005, clock=pace)
+    worker = StoreWorker(compositor, notifier)
+    results, _ = worker.decide([subscribe(call_id=f"c{n}") for n in range(20)])
+    assert worker.outcomes([delivered(r.notify) for r in results]) == []
+
+    notifier.pacer._cost = 0.001  # measured: 1 ms per NOTIFY; a 5 ms burst pays for five
+    for _ in range(20):
+        notifier.pacer.publishes(waited=0.050)
+    assert notifier.pacer.share == 0.05
+    _, recordings = worker.decide([publish(b"open")], waited=0.050)
+    _, more = worker.decide([publish(b"busy")], waited=0.050)
+    recordings += more
+    first = worker.after(recordings)
+    assert 1 <= len(first) <= 5  # the rest wait
+    assert all(b"busy" in job.body for job in first)
+    pace.now += 0.2  # no PUBLISH for the window: the steps run whole again
+    rest = worker.outcomes([delivered(job) for job in first])
+    assert len(first) + len(rest) == 20  # each watcher told once, of both changes folded
+    assert {job.subscription_id for job in first} | {job.subscription_id for job in rest} \
+        == {r.notify.subscription_id for r in results}
+    assert all(b"busy" in job.body and b"open" in job.body for job in rest)
+    assert notifier.stats["paced_steps"] >= 1
     compositor.close()

@@ -24,7 +24,7 @@ class ManualCommitter:
         self.killed = False
         self.closed = False
 
-    def submit(self, requests):
+    def submit(self, requests, waiting_since=None):
         future = self.loop.create_future()
         if self.failure.done():
             future.set_result([StoreUnavailable("gone")] * len(requests))

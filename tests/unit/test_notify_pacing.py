@@ -1,0 +1,100 @@
+"""The notifier's pacer (infrastructure/notify_pacing.py): NOTIFY steps take what the
+PUBLISHes leave, on a fake monotonic clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from infrastructure.notify_pacing import DECREASE, NotifyPacer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def pacer(clock, **kw) -> NotifyPacer:
+    kw.setdefault("target", 0.010)
+    kw.setdefault("min_share", 0.05)
+    kw.setdefault("burst", 0.005)
+    kw.setdefault("window", 0.1)
+    return NotifyPacer(clock=clock, **kw)
+
+
+def test_without_publishes_every_step_runs_whole(clock):
+    p = pacer(clock)
+    assert p.room(5000) == 5000 and p.ready_in() == 0.0
+    p.spent(10.0, 5000)  # even a long step: nothing waits for the store
+    assert p.room(5000) == 5000
+
+
+def test_while_publishes_flow_on_time_a_step_is_cut_to_the_burst(clock):
+    p = pacer(clock)
+    p.spent(0.1, 1000)  # measured: 100 us per NOTIFY
+    p.publishes(waited=0.001)
+    assert p.share == 1.0
+    # 5 ms of burst at 100 us each: a waiting batch is held up at most about that long.
+    assert p.room(1000) == 50
+    assert p.room(10) == 10
+
+
+def test_late_batches_cut_the_share_down_to_its_floor_and_on_time_ones_give_it_back(clock):
+    p = pacer(clock)
+    p.publishes(waited=0.050)
+    assert p.share == pytest.approx(DECREASE) and p.yielded == 1
+    for _ in range(100):
+        p.publishes(waited=0.050)
+    assert p.share == 0.05  # watchers are never starved
+    for _ in range(10):
+        p.publishes(waited=0.001)
+    assert p.share == pytest.approx(0.15)
+    for _ in range(1000):
+        p.publishes(waited=0.001)
+    assert p.share == 1.0
+    p.publishes(waited=None)  # not known: no change
+    assert p.share == 1.0
+
+
+def test_the_share_is_a_token_bucket_of_the_store_time(clock):
+    p = pacer(clock)
+    for _ in range(100):
+        p.publishes(waited=0.050)  # share at its floor, 5%
+    p.spent(0.010, 50)  # the 5 ms burst used up and 5 ms more, by one long step
+    assert p.room(10) == 0 and p.paced_steps == 1
+    # 5 ms owed at 5% of the elapsed time: 100 ms until the next step may run.
+    assert p.ready_in() == pytest.approx(0.1, abs=0.001)
+    clock.now += 0.050
+    p.publishes(waited=0.050)  # still flowing
+    assert p.room(10) == 0
+    clock.now += 0.060
+    p.publishes(waited=0.050)
+    assert 0 < p.room(1000) <= 50
+    assert p.ready_in() == 0.0
+
+
+def test_once_publishes_stop_for_the_window_the_steps_are_unlimited_again(clock):
+    p = pacer(clock)
+    for _ in range(100):
+        p.publishes(waited=0.050)
+    p.spent(0.5, 100)
+    assert p.room(10) == 0
+    assert p.ready_in() == pytest.approx(0.1)  # the window ends before the debt is paid
+    clock.now += 0.1
+    assert p.room(10) == 10 and p.ready_in() == 0.0
+    # A new busy spell starts with a full bucket, at the share it had.
+    p.publishes(waited=0.001)
+    assert p.room(1) == 1
+
+
+def test_bad_settings_are_refused():
+    for kw in ({"target": 0}, {"min_share": 0}, {"min_share": 1.5}, {"burst": 0}):
+        with pytest.raises(ValueError):
+            NotifyPacer(**kw)
