@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infrastructure.notify_pacing import DECREASE, NotifyPacer
+from infrastructure.notify_pacing import DECREASE, INCREASE, NotifyPacer
 
 
 class Clock:
@@ -55,8 +55,8 @@ def test_late_batches_cut_the_share_down_to_its_floor_and_on_time_ones_give_it_b
     assert p.share == 0.05  # watchers are never starved
     for _ in range(10):
         p.publishes(waited=0.001)
-    assert p.share == pytest.approx(0.15)
-    for _ in range(1000):
+    assert p.share == pytest.approx(0.05 + 10 * INCREASE)
+    for _ in range(int(1 / INCREASE) + 1):
         p.publishes(waited=0.001)
     assert p.share == 1.0
     p.publishes(waited=None)  # not known: no change
