@@ -9,15 +9,21 @@ this existed).
 
 The pacer lets NOTIFY steps have whatever time the PUBLISHes do not need. Each batch
 tells it how long its oldest request waited before the store began to decide it (queue
-on the SIP side, pipe, steps in front of it). While that stays under `target`, the steps'
-share of the store's time grows back towards all of it; each batch that waited longer
-cuts the share (to 70%, never below `min_share`, so watchers are never starved); each
-on-time batch gives a little back. The
-share is enforced as a token bucket of seconds, and each step is cut to what its tokens
-pay for at the measured cost per NOTIFY, so a step never holds a waiting batch for much
-more than `burst`. Changes the steps cannot tell meanwhile wait in their subscriptions
-and fold into the next NOTIFY (latest state wins, as with a NOTIFY in flight). Without
-PUBLISHes for `window`, the steps run unlimited.
+on the SIP side, pipe, steps in front of it). Every `PERIOD` (at least `MIN_BATCHES`
+batches) it judges: if more than 2% of the batches waited longer than `target`, the
+steps' share of the store's time is cut to 70% (never below `min_share`, so watchers
+are never starved); otherwise a tenth is given back, up to all of it. Below a share of 1
+the share is enforced as a token bucket of seconds; each step is cut to what its tokens
+pay for at the measured cost per NOTIFY (at 1, to one burst), so a step never holds a
+waiting batch for much more than `burst`. Changes the steps cannot tell meanwhile wait
+in their subscriptions and fold into the next NOTIFY (latest state wins, as with a
+NOTIFY in flight). Without PUBLISHes for `window`, the steps run unlimited.
+
+Judging single batches did worse in bench/notify_bench.py: cutting the share for every
+late batch (with a small give-back per on-time one) held NOTIFYs back at 500 PUBLISH/s,
+where 1-2% of batches are late for reasons of their own (NOTIFY p50 0.4 s where it had
+been 3 ms), and a larger give-back let a tenth of the batches be late at 4,000/s
+(PUBLISH p99 33-67 ms over six runs).
 
 Pure bookkeeping on a monotonic clock (the one asyncio's loop and the SIP side use, the
 same in both processes on Linux): no I/O, no threads.
@@ -28,15 +34,17 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-#: A batch that waited longer than the target cuts the share to this fraction of itself.
+#: Seconds of batches judged together.
+PERIOD = 0.5
+#: The share of a period's batches that may wait past the target before the NOTIFY
+#: share is cut: rare spikes (an fsync, a collection) are not the NOTIFYs' doing.
+LATE_ALLOWED = 0.02
+#: A period with too many late batches cuts the share to this fraction of itself...
 DECREASE = 0.7
-#: A batch that waited less gives the share back this much. The ratio of the two sets
-#: how many batches may be late: at a share s, one late batch takes 0.3 s back, so
-#: about one in (1 + 0.3 s / INCREASE) is late at equilibrium (2% at s = 0.3). With 0.01
-#: a tenth of the batches were late and PUBLISH p99 at 4,000/s with 10,000 watchers was
-#: 33-67 ms over six runs; with 0.002 it was 26-27 ms in two (bench/notify_bench.py,
-#: 2026-11-30), at the cost of NOTIFYs folding more.
-INCREASE = 0.002
+#: ...and one without gives this much back.
+INCREASE = 0.1
+#: Fewest batches that make a period's verdict (fewer: the period goes on).
+MIN_BATCHES = 20
 
 
 class NotifyPacer:
@@ -55,7 +63,11 @@ class NotifyPacer:
         self._tokens = burst
         self._refilled_at = clock()
         self._cost = 0.0001  # seconds per NOTIFY recorded; measured as steps run
-        self.yielded = 0  # batches that waited past the target (each cut the share)
+        self.yielded = 0  # periods with too many late batches (each cut the share)
+        self.late = 0  # batches that waited past the target
+        self._period_started = clock()
+        self._period_batches = 0
+        self._period_late = 0
         self.paced_steps = 0  # steps cut short or put off while PUBLISHes flowed
 
     def publishes(self, waited: float | None = None) -> None:
@@ -69,11 +81,18 @@ class NotifyPacer:
         self._busy_until = now + self.window
         if waited is None:
             return
+        self._period_batches += 1
         if waited > self.target:
+            self._period_late += 1
+            self.late += 1
+        if now - self._period_started < PERIOD or self._period_batches < MIN_BATCHES:
+            return
+        if self._period_late > LATE_ALLOWED * self._period_batches:
             self.share = max(self.min_share, self.share * DECREASE)
             self.yielded += 1
         else:
             self.share = min(1.0, self.share + INCREASE)
+        self._period_started, self._period_batches, self._period_late = now, 0, 0
 
     def busy(self) -> bool:
         return self.clock() < self._busy_until
@@ -94,6 +113,9 @@ class NotifyPacer:
         if self._tokens <= 0:
             self.paced_steps += 1
             return 0
+        # At a share of 1 the bucket refills as fast as time passes: the step is still
+        # cut to a burst, so a batch that arrives meanwhile waits little (whole steps of
+        # 256 held batches for 20-25 ms each when PUBLISHes began at 2,000/s).
         budget = self.burst if self.share >= 1.0 else self._tokens
         allowed = max(1, int(budget / self._cost))
         if allowed < wanted:
@@ -110,7 +132,9 @@ class NotifyPacer:
         now = self.clock()
         if now < self._busy_until:
             self._refill(now)
-            self._tokens -= seconds
+            # (a debt of at most one burst: a whole step taken at a share of 1 does not
+            # hold the next ones back for long once the share falls)
+            self._tokens = max(-self.burst, self._tokens - seconds)
 
     def ready_in(self) -> float:
         """Seconds until a step may run (0: now)."""

@@ -332,7 +332,8 @@ def test_notify_steps_yield_to_publishes_that_waited_and_the_rest_follow_folded(
     assert worker.outcomes([delivered(r.notify) for r in results]) == []
 
     notifier.pacer._cost = 0.001  # measured: 1 ms per NOTIFY; a 5 ms burst pays for five
-    for _ in range(20):
+    for _ in range(10 * 20):  # ten half-second periods of PUBLISH batches, all late
+        pace.now += 0.0255
         notifier.pacer.publishes(waited=0.050)
     assert notifier.pacer.share == 0.05
     _, recordings = worker.decide([publish(b"open")], waited=0.050)

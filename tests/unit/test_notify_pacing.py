@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from infrastructure.notify_pacing import DECREASE, INCREASE, NotifyPacer
+from infrastructure.notify_pacing import (DECREASE, INCREASE, MIN_BATCHES, PERIOD,
+                                          NotifyPacer)
 
 
 class Clock:
@@ -19,6 +20,14 @@ class Clock:
 @pytest.fixture
 def clock():
     return Clock()
+
+
+def period(p: NotifyPacer, clock: Clock, late: int, on_time: int) -> None:
+    """One judged period: `late` batches past the target, `on_time` within it."""
+    step = PERIOD * 1.01 / (late + on_time)  # judged at the last one
+    for n in range(late + on_time):
+        clock.now += step
+        p.publishes(waited=0.050 if n < late else 0.001)
 
 
 def pacer(clock, **kw) -> NotifyPacer:
@@ -36,37 +45,49 @@ def test_without_publishes_every_step_runs_whole(clock):
     assert p.room(5000) == 5000
 
 
-def test_while_publishes_flow_on_time_a_step_is_cut_to_the_burst(clock):
+def test_steps_are_cut_to_a_burst_and_too_many_late_batches_cut_the_share(clock):
     p = pacer(clock)
     p.spent(0.1, 1000)  # measured: 100 us per NOTIFY
-    p.publishes(waited=0.001)
-    assert p.share == 1.0
+    period(p, clock, late=1, on_time=99)  # 1% late: not the NOTIFYs' doing
+    assert p.share == 1.0 and p.late == 1
     # 5 ms of burst at 100 us each: a waiting batch is held up at most about that long.
     assert p.room(1000) == 50
     assert p.room(10) == 10
-
-
-def test_late_batches_cut_the_share_down_to_its_floor_and_on_time_ones_give_it_back(clock):
-    p = pacer(clock)
-    p.publishes(waited=0.050)
+    period(p, clock, late=5, on_time=95)  # 5% late: NOTIFYs yield
     assert p.share == pytest.approx(DECREASE) and p.yielded == 1
-    for _ in range(100):
-        p.publishes(waited=0.050)
+    assert 0 < p.room(1000) <= 50
+
+
+def test_the_share_falls_to_its_floor_and_comes_back_a_tenth_a_period(clock):
+    p = pacer(clock)
+    for _ in range(20):
+        period(p, clock, late=10, on_time=10)
     assert p.share == 0.05  # watchers are never starved
+    period(p, clock, late=0, on_time=MIN_BATCHES)
+    assert p.share == pytest.approx(0.05 + INCREASE)
     for _ in range(10):
-        p.publishes(waited=0.001)
-    assert p.share == pytest.approx(0.05 + 10 * INCREASE)
-    for _ in range(int(1 / INCREASE) + 1):
-        p.publishes(waited=0.001)
+        period(p, clock, late=0, on_time=MIN_BATCHES)
     assert p.share == 1.0
-    p.publishes(waited=None)  # not known: no change
-    assert p.share == 1.0
+    p.publishes(waited=None)  # not known: not counted
+    assert p._period_batches == 0
+
+
+def test_a_period_needs_enough_batches_to_be_judged(clock):
+    p = pacer(clock)
+    for _ in range(MIN_BATCHES - 1):
+        clock.now += PERIOD
+        p.publishes(waited=0.050)
+    assert p.share == 1.0  # too few to judge yet (they stay in the period)
+    clock.now += 0.01
+    p.publishes(waited=0.050)
+    assert p.share == pytest.approx(DECREASE)
 
 
 def test_the_share_is_a_token_bucket_of_the_store_time(clock):
     p = pacer(clock)
-    for _ in range(100):
-        p.publishes(waited=0.050)  # share at its floor, 5%
+    for _ in range(20):
+        period(p, clock, late=10, on_time=10)
+    assert p.share == 0.05  # at its floor
     p.spent(0.010, 50)  # the 5 ms burst used up and 5 ms more, by one long step
     assert p.room(10) == 0 and p.paced_steps == 1
     # 5 ms owed at 5% of the elapsed time: 100 ms until the next step may run.
@@ -82,8 +103,8 @@ def test_the_share_is_a_token_bucket_of_the_store_time(clock):
 
 def test_once_publishes_stop_for_the_window_the_steps_are_unlimited_again(clock):
     p = pacer(clock)
-    for _ in range(100):
-        p.publishes(waited=0.050)
+    for _ in range(20):
+        period(p, clock, late=10, on_time=10)
     p.spent(0.5, 100)
     assert p.room(10) == 0
     assert p.ready_in() == pytest.approx(0.1)  # the window ends before the debt is paid
