@@ -45,6 +45,9 @@ DECREASE = 0.7
 INCREASE = 0.1
 #: Fewest batches that make a period's verdict (fewer: the period goes on).
 MIN_BATCHES = 20
+#: A wait this long or longer (or below 0) says the two processes' monotonic clocks
+#: differ (they are one clock on Linux), not that the batch waited: not counted.
+MAX_WAITED = 60.0
 
 
 class NotifyPacer:
@@ -79,8 +82,8 @@ class NotifyPacer:
         else:
             self._refill(now)  # at the old share, up to now
         self._busy_until = now + self.window
-        if waited is None:
-            return
+        if waited is None or not 0 <= waited < MAX_WAITED:
+            return  # not known, or not on one clock with ours: not counted
         self._period_batches += 1
         if waited > self.target:
             self._period_late += 1

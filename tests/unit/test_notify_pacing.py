@@ -68,8 +68,11 @@ def test_the_share_falls_to_its_floor_and_comes_back_a_tenth_a_period(clock):
     for _ in range(10):
         period(p, clock, late=0, on_time=MIN_BATCHES)
     assert p.share == 1.0
+    late = p.late
     p.publishes(waited=None)  # not known: not counted
-    assert p._period_batches == 0
+    p.publishes(waited=-3.0)  # another clock than ours: not counted either
+    p.publishes(waited=1e9)
+    assert p._period_batches == 0 and p.late == late
 
 
 def test_a_period_needs_enough_batches_to_be_judged(clock):
