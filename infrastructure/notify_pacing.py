@@ -97,9 +97,6 @@ class NotifyPacer:
             self.share = min(1.0, self.share + INCREASE)
         self._period_started, self._period_batches, self._period_late = now, 0, 0
 
-    def busy(self) -> bool:
-        return self.clock() < self._busy_until
-
     def _refill(self, now: float) -> None:
         self._tokens = min(self.burst,
                            self._tokens + (now - self._refilled_at) * self.share)
