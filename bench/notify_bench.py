@@ -596,11 +596,7 @@ def run_step(args, server_name: str, mode: str, rate: float, rep: int, step_dir:
             "started": sb.now_iso(), "dir": str(step_dir), "failures": [], "passed": False}
     server = make_server(args, server_name, step_dir)
     port = server.port
-    for _ in range(50):
-        if sb.port_free(port):
-            break
-        time.sleep(0.1)
-    else:
+    if not sb.wait_port_free(port):
         step["failures"].append(f"port {port} busy before start")
         return step
     if args.idle_wait > 0:
@@ -609,11 +605,7 @@ def run_step(args, server_name: str, mode: str, rate: float, rep: int, step_dir:
     farm = None
     sipp = None
     try:
-        try:
-            server.start(args.ready_timeout)
-        except Exception as exc:  # noqa: BLE001
-            step["failures"].append(f"server start: {exc}")
-            step["server_log_tail"] = sb.tail_text(step_dir / "server.log", 2000)
+        if sb.start_server(server, step, step_dir, args.ready_timeout) is not None:
             return step
         if watchers:
             farm = Farm(step_dir, {
@@ -695,7 +687,6 @@ def run_step(args, server_name: str, mode: str, rate: float, rep: int, step_dir:
         farm_total = fm["cpu_s"]
         farm_cpu = fm["cpu_s"] - step["farm_ready"]["cpu_s"]
     sipp_cpu = (child1 - child0) - farm_total
-    other = machine_cpu - cpu_s - sipp_cpu - farm_cpu - (self1 - self0)
     step["metrics"] = {
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_us_per_publish": round(cpu_s * 1e6 / publishes, 1) if publishes else None,
@@ -704,14 +695,9 @@ def run_step(args, server_name: str, mode: str, rate: float, rep: int, step_dir:
         # CPUs used by each server process (the SIP process, the store process, ...)
         "per_process_cpu": {f"{p} {names.get(p, '?')}": round((per1[p] - per0.get(p, 0)) / sb.CLK_TCK / wall, 2)
                             for p in per1}}
-    step["cpu_share"] = {  # in CPUs over the step (SIPp + drain)
-        "server": round(cpu_s / wall, 2), "sipp": round(sipp_cpu / wall, 2),
-        **({"farm": round(farm_cpu / wall, 2)} if watchers else {}),
-        "harness": round((self1 - self0) / wall, 2), "other": round(max(other, 0) / wall, 2),
-        "machine": round(machine_cpu / wall, 2)}
-    if other / wall > args.noise_cpu:
-        step.setdefault("warnings", []).append(
-            f"noisy machine: other processes used {other / wall:.2f} CPU during the step")
+    # in CPUs over the step (SIPp + drain)
+    sb.record_cpu_share(step, args, wall, machine_cpu, cpu_s, sipp_cpu, self1 - self0,
+                        **({"farm": farm_cpu} if watchers else {}))
 
     # ---- NOTIFY side
     records = step_dir / "notifies.txt"
@@ -1012,20 +998,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kamailio-children", type=int, default=None,
                    help="CHILDREN for run.sh (UDP workers and TCP readers; run.sh default 2)")
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
-    p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
-    p.add_argument("--sipp-args", default="")
-    p.add_argument("--idle-wait", type=float, default=30.0)
-    p.add_argument("--idle-cpu", type=float, default=0.15)
-    p.add_argument("--noise-cpu", type=float, default=0.10)
-    p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
-    p.add_argument("--ready-timeout", type=float, default=20.0)
-    p.add_argument("--timeout-factor", type=float, default=2.0)
+    sb.add_run_arguments(p, idle_wait=30.0)
     p.add_argument("--time-limit", type=float, default=120.0,
                    help="minutes; no new step starts after this")
     p.add_argument("--keep-raw", action="store_true",
                    help="keep the farm's NOTIFY records and SIPp's log per step")
-    default_netns = os.geteuid() == 0 and bool(shutil.which("unshare")) and bool(shutil.which("ip"))
-    p.add_argument("--netns", action=argparse.BooleanOptionalAction, default=default_netns)
     p.add_argument("--farm-child", default=None, help=argparse.SUPPRESS)
     return p
 

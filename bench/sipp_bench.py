@@ -232,6 +232,16 @@ def port_free(port: int) -> bool:
     return True
 
 
+def wait_port_free(port: int, tries: int = 50) -> bool:
+    """Wait up to `tries` tenths of a second for the last step's server to let go of
+    `port`."""
+    for _ in range(tries):
+        if port_free(port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (SIPp's client port)."""
     for _ in range(200):
@@ -291,6 +301,35 @@ def wait_ready(port: int, transport: str, timeout: float, alive=lambda: True) ->
 
 
 # --------------------------------------------------------------------------- files
+
+def start_server(server, step: dict, step_dir: Path, timeout: float) -> str | None:
+    """Start the step's server. A failure is recorded in the step (with the end of its
+    log) and its reason returned; None when it runs."""
+    try:
+        server.start(timeout)
+    except Exception as exc:  # noqa: BLE001
+        step["failures"].append(f"server start: {exc}")
+        step["server_log_tail"] = tail_text(step_dir / "server.log", 2000)
+        return str(exc)
+    return None
+
+
+def record_cpu_share(step: dict, args, wall: float, machine: float, server: float,
+                     sipp: float, harness: float, **more: float) -> None:
+    """The CPUs each party used over the step (1.0 = one core busy all along), as
+    step["cpu_share"], with whatever the machine did besides ("other"); a step on a
+    machine busy with other work gets a warning. `more`: further parties (the watcher
+    farm), in CPU seconds like the rest."""
+    other = machine - server - sipp - harness - sum(more.values())
+    step["cpu_share"] = {
+        "server": round(server / wall, 2), "sipp": round(sipp / wall, 2),
+        **{name: round(seconds / wall, 2) for name, seconds in more.items()},
+        "harness": round(harness / wall, 2), "other": round(max(other, 0) / wall, 2),
+        "machine": round(machine / wall, 2)}
+    if other / wall > args.noise_cpu:
+        step.setdefault("warnings", []).append(
+            f"noisy machine: other processes used {other / wall:.2f} CPU during the step")
+
 
 def tail_text(path: Path, limit: int = 4000) -> str:
     try:
@@ -659,11 +698,7 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
             "call_rate": call_rate, "calls_planned": calls, "repetition": rep,
             "started": now_iso(), "dir": str(step_dir), "failures": [], "passed": False}
     port = args.port if name == "esc" else KAMAILIO_PORT
-    for _ in range(50):
-        if port_free(port):
-            break
-        time.sleep(0.1)
-    else:
+    if not wait_port_free(port):
         step["failures"].append(f"port {port} busy before start")
         step["passed"] = False
         return step
@@ -677,12 +712,9 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
     server = make_server(args, name, transport, step_dir)
     sampler = None
     try:
-        try:
-            server.start(args.ready_timeout)
-        except Exception as exc:  # noqa: BLE001
-            step["failures"].append(f"server start: {exc}")
-            step["server_log_tail"] = tail_text(step_dir / "server.log", 2000)
-            log(f"  server did not start: {exc}\n{step['server_log_tail'][-600:]}")
+        error = start_server(server, step, step_dir, args.ready_timeout)
+        if error is not None:
+            log(f"  server did not start: {error}\n{step['server_log_tail'][-600:]}")
             return step
         step["server_start"] = server.info
         pids0 = server.pids()
@@ -760,17 +792,8 @@ def run_step(args, name: str, transport: str, rate: float, rep: int, step_dir: P
         "alive_at_end": server_alive,
     }
     # CPU of everything else on the machine during the step (other jobs skew results)
-    machine_cpu = (busy1 - busy0) / CLK_TCK
-    sipp_cpu = child1 - child0
-    other = machine_cpu - cpu_s - sipp_cpu - (self1 - self0)
-    wall = max(wall1 - wall0, 1e-6)
-    step["cpu_share"] = {  # in CPUs (1.0 = one core busy for the whole step)
-        "server": round(cpu_s / wall, 2), "sipp": round(sipp_cpu / wall, 2),
-        "harness": round((self1 - self0) / wall, 2), "other": round(max(other, 0) / wall, 2),
-        "machine": round(machine_cpu / wall, 2)}
-    if other / wall > args.noise_cpu:
-        step.setdefault("warnings", []).append(
-            f"noisy machine: other processes used {other / wall:.2f} CPU during the step")
+    record_cpu_share(step, args, max(wall1 - wall0, 1e-6), (busy1 - busy0) / CLK_TCK,
+                     cpu_s, child1 - child0, self1 - self0)
     if not args.keep_raw:
         for f in rtt_files:
             f.unlink()
@@ -1180,18 +1203,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kamailio-children", type=int, default=None,
                    help="CHILDREN for run.sh (UDP workers and TCP readers; run.sh default 2)")
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help="SIPp scenario")
+    add_run_arguments(p, idle_wait=60.0)
+    p.add_argument("--noise-retries", type=int, default=2,
+                   help="re-run (fresh server) a failing step measured while other processes "
+                        "used more than --noise-cpu; the noisy attempt stays in results.json")
+    p.add_argument("--time-limit", type=float, default=240.0,
+                   help="minutes; no new step starts after this")
+    p.add_argument("--keep-raw", action="store_true", help="keep SIPp's *_rtt.csv files")
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser, idle_wait: float) -> None:
+    """The options both benchmarks (this one and notify_bench.py) take for running SIPp
+    and keeping the machine quiet."""
     p.add_argument("--sipp", default=shutil.which("sipp") or "sipp", help="sipp binary")
     p.add_argument("--sipp-args", default="",
                    help="extra SIPp options appended to every SIPp command line")
-    p.add_argument("--idle-wait", type=float, default=60.0,
+    p.add_argument("--idle-wait", type=float, default=idle_wait,
                    help="before each step wait up to this many seconds for the machine to be idle")
     p.add_argument("--idle-cpu", type=float, default=0.15,
                    help="'idle' = machine busy CPU below this (in CPUs) over 1 s")
     p.add_argument("--noise-cpu", type=float, default=0.10,
                    help="warn when other processes use more than this (in CPUs) during a step")
-    p.add_argument("--noise-retries", type=int, default=2,
-                   help="re-run (fresh server) a failing step measured while other processes "
-                        "used more than --noise-cpu; the noisy attempt stays in results.json")
     p.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
                    help="nice value for the harness and everything it starts (servers, SIPp): "
                         "shields the measurement from other jobs on the machine")
@@ -1199,13 +1232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a server to answer OPTIONS")
     p.add_argument("--timeout-factor", type=float, default=2.0,
                    help="SIPp -timeout = planned duration x this + 30 s")
-    p.add_argument("--time-limit", type=float, default=240.0,
-                   help="minutes; no new step starts after this")
-    p.add_argument("--keep-raw", action="store_true", help="keep SIPp's *_rtt.csv files")
     default_netns = os.geteuid() == 0 and bool(shutil.which("unshare")) and bool(shutil.which("ip"))
     p.add_argument("--netns", action=argparse.BooleanOptionalAction, default=default_netns,
                    help="re-execute inside a private network namespace (unshare -n; only lo)")
-    return p
 
 
 def default_esc_cmd() -> str:
